@@ -1,0 +1,3 @@
+"""orsbox: an ORS server that runs every session in its own hardened container."""
+
+__version__ = "0.1.0"

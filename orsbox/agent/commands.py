@@ -1,0 +1,238 @@
+"""Running untrusted commands as the unprivileged user, bounded in time and output.
+
+Runs inside the container as part of the agent (root with only SETUID, SETGID
+and KILL). Every command:
+
+- runs as the command user (uid 1000 by default) with no supplementary groups,
+  a clean environment, in its own session and process group, and with
+  `oom_score_adj` 1000 so the memory killer takes it before the agent;
+- is killed with its whole process group when it outlives its timeout, its
+  partial output kept and `timed_out` set;
+- has its output capped: the head and the tail are kept, `truncated` set, and the
+  agent never holds more than the cap in memory;
+- leaves nothing behind: once it ends, every process of the command user is
+  killed (background jobs, daemons that called setsid), so commands of one
+  session run one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+#: How long to wait for the output pipe to close after every writer was killed (s).
+_DRAIN_TIMEOUT = 5.0
+
+
+@dataclass
+class CommandLimits:
+    """Limits the agent applies to every command; set from the session's policy."""
+
+    uid: int = 1000
+    gid: int = 1000
+    default_timeout: float = 120.0  # seconds
+    max_timeout: float = 600.0  # seconds
+    output_cap: int = 256 * 1024  # bytes of combined stdout+stderr returned per call
+    home: str = "/home/user"
+
+
+LIMITS = CommandLimits()
+
+
+def configure(limits: CommandLimits) -> None:
+    """Replace the limits (the agent calls this once at start)."""
+    global LIMITS
+    LIMITS = limits
+
+
+@dataclass
+class CommandResult:
+    output: str
+    exit_code: Optional[int]  # negative: killed by that signal
+    timed_out: bool
+    truncated: bool
+    duration: float  # seconds
+
+    def metadata(self) -> Dict[str, object]:
+        return {"exit_code": self.exit_code, "timed_out": self.timed_out, "truncated": self.truncated}
+
+
+class OutputCapture:
+    """Keeps the first and last `cap // 2` bytes of a stream, and counts the rest."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.cap // 2 - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if data:
+            self.tail += data
+            keep = self.cap - self.cap // 2
+            if len(self.tail) > 2 * keep:
+                del self.tail[: len(self.tail) - keep]
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.cap
+
+    def text(self) -> str:
+        if not self.truncated:
+            return (bytes(self.head) + bytes(self.tail)).decode("utf-8", "replace")
+        keep = self.cap - self.cap // 2
+        tail = bytes(self.tail[-keep:]) if keep else b""
+        while tail and tail[0] & 0xC0 == 0x80:  # do not start inside a UTF-8 sequence
+            tail = tail[1:]
+        head = codecs.getincrementaldecoder("utf-8")("replace").decode(bytes(self.head), final=False)
+        omitted = self.total - len(self.head) - len(tail)
+        return "%s\n[... %d bytes of output truncated ...]\n%s" % (head, omitted, tail.decode("utf-8", "replace"))
+
+
+def command_env(cwd: str) -> Dict[str, str]:
+    return {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": LIMITS.home,
+        "USER": "user",
+        "LOGNAME": "user",
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "PWD": cwd,
+    }
+
+
+# Raise our own oom_score_adj (allowed unprivileged), then become bash.
+_LAUNCHER = 'echo 1000 > /proc/self/oom_score_adj 2>/dev/null; exec "$@"'
+
+_one_at_a_time: Optional[asyncio.Lock] = None
+
+
+async def run_command(command: str, *, timeout: Optional[float] = None, cwd: str = "/workspace") -> CommandResult:
+    """Run `command` with bash as the command user; never raises for what the command does."""
+    global _one_at_a_time
+    if _one_at_a_time is None:
+        _one_at_a_time = asyncio.Lock()
+    limit = LIMITS.default_timeout if timeout is None else max(0.0, min(float(timeout), LIMITS.max_timeout))
+    async with _one_at_a_time:
+        return await _run(command, limit, cwd)
+
+
+async def _run(command: str, limit: float, cwd: str) -> CommandResult:
+    started = time.monotonic()
+    # Our own pipe, not asyncio's: Process.wait() must mean "bash exited", even
+    # while a background job still holds the output open (Python 3.12+ waits for pipes).
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", _LAUNCHER, "sh", "/bin/bash", "-c", command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            cwd=cwd,
+            env=command_env(cwd),
+            start_new_session=True,
+            **_drop_privileges(),
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    capture = OutputCapture(LIMITS.output_cap)
+    pump = asyncio.ensure_future(_pump(read_fd, capture))
+    timed_out = False
+    try:
+        await asyncio.wait_for(proc.wait(), timeout=limit)
+    except asyncio.TimeoutError:
+        timed_out = True
+    finally:
+        _kill_group(proc.pid)
+        kill_user_processes(LIMITS.uid)
+        await proc.wait()
+    try:
+        await asyncio.wait_for(pump, timeout=_DRAIN_TIMEOUT)
+    except asyncio.TimeoutError:
+        pass
+    return CommandResult(capture.text(), proc.returncode, timed_out, capture.truncated, time.monotonic() - started)
+
+
+async def _pump(read_fd: int, capture: OutputCapture) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
+    )
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                return
+            capture.feed(data)
+    finally:
+        transport.close()
+
+
+def _drop_privileges() -> Dict[str, Any]:
+    """Popen arguments that make the child the command user with no extra groups."""
+    if sys.version_info >= (3, 9):
+        return {"user": LIMITS.uid, "group": LIMITS.gid, "extra_groups": []}
+    uid, gid = LIMITS.uid, LIMITS.gid
+
+    def demote() -> None:  # Python 3.8: no user= in Popen
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+
+    return {"preexec_fn": demote}
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def user_pids(uid: int) -> List[int]:
+    """Live (non-zombie) processes with `uid` as any of their uids."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/status" % entry) as f:
+                status = f.read()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("State", "").strip().startswith("Z"):
+            continue
+        if str(uid) in fields.get("Uid", "").split():
+            pids.append(int(entry))
+    return pids
+
+
+def kill_user_processes(uid: int, rounds: int = 200) -> bool:
+    """SIGKILL every process of `uid`, repeating until none is left (fork bombs included)."""
+    for _ in range(rounds):
+        pids = user_pids(uid)
+        if not pids:
+            return True
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.002)
+    return not user_pids(uid)

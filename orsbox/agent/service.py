@@ -1,0 +1,204 @@
+"""The agent's methods and its Unix-socket server.
+
+One agent per container, one environment instance per agent. The server
+connects over `/run/orsbox/agent.sock` and sends wire frames (see `wire`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import sys
+import traceback
+from typing import Any, Awaitable, Callable, Dict, Optional, Type
+
+from . import wire
+from .authoring import Environment, blocks_to_json, call_maybe_async, split_to_json
+from .commands import LIMITS, kill_user_processes
+from .wire import ErrorType, Method, WireError
+
+
+def load_environment_class(entrypoint: str) -> Type[Environment]:
+    """Import `module:Class` and check that it is an Environment."""
+    module_name, _, class_name = entrypoint.partition(":")
+    if not module_name or not class_name:
+        raise ValueError("entrypoint %r is not of the form module:Class" % entrypoint)
+    module = importlib.import_module(module_name)
+    cls = getattr(module, class_name, None)
+    if not isinstance(cls, type) or not issubclass(cls, Environment):
+        raise TypeError("%s is not a subclass of orsbox.agent.Environment" % entrypoint)
+    return cls
+
+
+def describe(cls: Type[Environment]) -> Dict[str, Any]:
+    """Everything discovery needs, read once per image: splits, shared tools, tasks."""
+    splits = [split_to_json(s) for s in cls.list_splits()]
+    tasks = {s["name"]: [dict(t) for t in cls.list_tasks(s["name"])] for s in splits}
+    return {
+        "protocol": wire.PROTOCOL_VERSION,
+        "splits": splits,
+        "tools": [spec.to_json() for spec in cls.tool_specs(shared=True)],
+        "tasks": tasks,
+    }
+
+
+Handler = Callable[[Dict[str, Any]], Awaitable[Any]]
+
+
+class Agent:
+    """Serves one session's environment over the wire methods."""
+
+    def __init__(self, entrypoint: str) -> None:
+        self.entrypoint = entrypoint
+        self.env: Optional[Environment] = None
+        self.state = "new"  # new -> ready | failed -> torn_down
+        self.setup_error: Optional[str] = None
+        self._setup_lock = asyncio.Lock()
+        self.handlers: Dict[str, Handler] = {
+            Method.HELLO: self.hello,
+            Method.SETUP: self.setup,
+            Method.PROMPT: self.prompt,
+            Method.TASK_TOOLS: self.task_tools,
+            Method.CALL_TOOL: self.call_tool,
+            Method.TEARDOWN: self.teardown,
+        }
+
+    async def dispatch(self, frame: Dict[str, Any]) -> Any:
+        handler = self.handlers.get(frame.get("method"))  # type: ignore[arg-type]
+        if handler is None:
+            raise WireError(ErrorType.UNKNOWN_METHOD, "unknown method %r" % frame.get("method"))
+        params = frame.get("params") or {}
+        if not isinstance(params, dict):
+            raise WireError(ErrorType.BAD_REQUEST, "params must be an object")
+        return await handler(params)
+
+    async def hello(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        return {
+            "protocol": wire.PROTOCOL_VERSION,
+            "python": sys.version.split()[0],
+            "pid": os.getpid(),
+            "environment": self.entrypoint,
+            "state": self.state,
+        }
+
+    async def setup(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        async with self._setup_lock:
+            if self.state == "ready":
+                return {}
+            if self.state != "new":
+                raise WireError(ErrorType.SETUP_FAILED, self.setup_error or "setup already ran")
+            try:
+                cls = load_environment_class(self.entrypoint)
+                env = cls(params.get("task") or {}, params.get("secrets") or {})
+                await call_maybe_async(env.setup)
+            except Exception as exc:
+                self.state = "failed"
+                self.setup_error = "%s: %s" % (type(exc).__name__, exc)
+                log("setup_failed", error=self.setup_error, traceback=traceback.format_exc(limit=5))
+                raise WireError(ErrorType.SETUP_FAILED, self.setup_error) from None
+            self.env, self.state = env, "ready"
+            return {}
+
+    def _ready_env(self) -> Environment:
+        if self.env is None or self.state != "ready":
+            message = self.setup_error if self.state == "failed" else "the environment is not set up"
+            raise WireError(ErrorType.NOT_SET_UP, message or "the environment is not set up")
+        return self.env
+
+    async def prompt(self, params: Dict[str, Any]) -> Any:
+        env = self._ready_env()
+        try:
+            return blocks_to_json(await call_maybe_async(env.get_prompt))
+        except Exception as exc:
+            raise WireError(ErrorType.ENVIRONMENT_ERROR, "%s: %s" % (type(exc).__name__, exc)) from None
+
+    async def task_tools(self, params: Dict[str, Any]) -> Any:
+        env = self._ready_env()
+        try:
+            specs = env.tool_specs(shared=True) + list(await call_maybe_async(env.list_task_tools))
+        except Exception as exc:
+            raise WireError(ErrorType.ENVIRONMENT_ERROR, "%s: %s" % (type(exc).__name__, exc)) from None
+        return {"tools": [spec.to_json() for spec in specs]}
+
+    async def call_tool(self, params: Dict[str, Any]) -> Any:
+        env = self._ready_env()
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise WireError(ErrorType.BAD_REQUEST, "call_tool needs a string 'name'")
+        try:
+            return await env.call_tool(name, params.get("input"))
+        except Exception as exc:
+            log("tool_failed", tool=name, error=repr(exc), traceback=traceback.format_exc(limit=5))
+            raise WireError(ErrorType.TOOL_FAILED, str(exc) or type(exc).__name__) from None
+
+    async def teardown(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        env, self.env, self.state = self.env, None, "torn_down"
+        try:
+            if env is not None:
+                await call_maybe_async(env.teardown)
+        except Exception as exc:
+            raise WireError(ErrorType.ENVIRONMENT_ERROR, "%s: %s" % (type(exc).__name__, exc)) from None
+        finally:
+            kill_user_processes(LIMITS.uid)
+        return {}
+
+    # -- the socket ------------------------------------------------------------
+
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        write_lock = asyncio.Lock()
+        tasks = set()
+
+        async def answer(frame: Dict[str, Any]) -> None:
+            reply: Dict[str, Any] = {"id": frame.get("id")}
+            try:
+                reply["result"] = await self.dispatch(frame)
+            except WireError as exc:
+                reply["error"] = exc.to_json()
+            except Exception as exc:  # a bug in the agent: report it, keep serving
+                log("internal_error", error=repr(exc), traceback=traceback.format_exc(limit=5))
+                reply["error"] = WireError(ErrorType.INTERNAL, "%s: %s" % (type(exc).__name__, exc)).to_json()
+            data = _encode_reply(reply)
+            async with write_lock:
+                writer.write(data)
+                await writer.drain()
+
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                try:
+                    frame = wire.decode(line)
+                except WireError as exc:
+                    frame = {"id": None}
+                    async with write_lock:
+                        writer.write(wire.encode({"id": None, "error": exc.to_json()}))
+                    continue
+                task = asyncio.ensure_future(answer(frame))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except (ConnectionError, ValueError, asyncio.LimitOverrunError) as exc:
+            log("connection_dropped", error=repr(exc))
+        finally:
+            writer.close()
+
+
+def _encode_reply(reply: Dict[str, Any]) -> bytes:
+    try:
+        data = wire.encode(reply)
+    except (TypeError, ValueError) as exc:
+        error = WireError(ErrorType.TOOL_FAILED, "result is not JSON-serialisable: %s" % exc)
+        return wire.encode({"id": reply["id"], "error": error.to_json()})
+    if len(data) > wire.MAX_FRAME_BYTES:
+        message = "result of %d bytes exceeds the %d byte limit" % (len(data), wire.MAX_FRAME_BYTES)
+        error = WireError(ErrorType.TOOL_FAILED, message)
+        return wire.encode({"id": reply["id"], "error": error.to_json()})
+    return data
+
+
+def log(event: str, **fields: Any) -> None:
+    """One JSON line on stderr (the container's log); never given secrets."""
+    sys.stderr.write(json.dumps(dict(event=event, component="agent", **fields), default=str) + "\n")
+    sys.stderr.flush()

@@ -1,0 +1,79 @@
+"""The agent channel's wire contract, shared by the agent and the server.
+
+Both sides import this module, so method names, error types and framing cannot
+drift apart. Stdlib only, Python 3.8+: it runs inside environment images.
+
+Frames are newline-delimited compact JSON objects:
+
+    request   {"id": 7, "method": "call_tool", "params": {...}}
+    response  {"id": 7, "result": ...}
+    failure   {"id": 7, "error": {"type": "tool_failed", "message": "..."}}
+
+Many requests may be in flight on one connection; responses carry the id of the
+request they answer and may come back in any order.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict
+
+PROTOCOL_VERSION = 1
+
+#: Where the agent listens, inside the container and relative to the session folder.
+SOCKET_DIR_IN_CONTAINER = "/run/orsbox"
+SOCKET_NAME = "agent.sock"
+
+#: Largest frame either side accepts (bytes). Tool output is capped far below this.
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+
+
+class Method:
+    """The agent's methods."""
+
+    HELLO = "hello"  # -> {"protocol", "python", "pid", "environment", "state"}
+    SETUP = "setup"  # {"task", "secrets"} -> {}
+    PROMPT = "prompt"  # -> [block, ...]
+    TASK_TOOLS = "task_tools"  # -> {"tools": [...]}
+    CALL_TOOL = "call_tool"  # {"name", "input"} -> {"ok": true, "output"} | {"ok": false, ...}
+    TEARDOWN = "teardown"  # -> {}
+
+
+class ErrorType:
+    """Error types an agent may report. The server maps each through a fixed table."""
+
+    BAD_REQUEST = "bad_request"  # malformed frame or params
+    UNKNOWN_METHOD = "unknown_method"
+    NOT_SET_UP = "not_set_up"  # a session method before setup succeeded
+    SETUP_FAILED = "setup_failed"  # the environment's constructor or setup() raised
+    TOOL_FAILED = "tool_failed"  # the tool raised or returned something that is not a ToolOutput
+    ENVIRONMENT_ERROR = "environment_error"  # prompt/task_tools/teardown raised
+    INTERNAL = "internal"
+
+
+class WireError(Exception):
+    """An error that travels over the channel as `{"type", "message"}`."""
+
+    def __init__(self, type_: str, message: str) -> None:
+        super().__init__(message)
+        self.type = type_
+        self.message = message
+
+    def to_json(self) -> Dict[str, str]:
+        return {"type": self.type, "message": self.message}
+
+
+def encode(frame: Dict[str, Any]) -> bytes:
+    """One frame as a line of compact UTF-8 JSON."""
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> Dict[str, Any]:
+    """Parse one line into a frame; raises WireError on anything but a JSON object."""
+    try:
+        frame = json.loads(line)
+    except ValueError as exc:
+        raise WireError(ErrorType.BAD_REQUEST, "frame is not JSON: %s" % exc) from None
+    if not isinstance(frame, dict):
+        raise WireError(ErrorType.BAD_REQUEST, "frame is not a JSON object")
+    return frame

@@ -1,0 +1,117 @@
+"""The catalog: which environments exist, and their discovery data.
+
+Environments are images labelled `orsbox.environment`. Their splits, shared
+tools and tasks are read once per image id, by running the image's agent in
+describe mode in a locked-down container, and cached on disk under
+`<state_dir>/catalog/<image id>.json`. Discovery calls are answered from memory:
+no container per discovery call.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from .errors import EnvNotFound, InvalidIndex, InvalidSplit
+from .policy import PolicySet, SandboxPolicy
+from .sandbox.backend import Backend, EnvironmentImage
+
+log = structlog.get_logger()
+
+JSONObject = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EnvironmentInfo:
+    """One environment: its image, its resolved policy, and its discovery data."""
+
+    image: EnvironmentImage
+    policy: SandboxPolicy
+    splits: list[JSONObject]
+    tools: list[JSONObject]
+    tasks: dict[str, list[JSONObject]]
+
+    @property
+    def name(self) -> str:
+        return self.image.name
+
+    def split_tasks(self, split: str) -> list[JSONObject]:
+        if split not in self.tasks:
+            raise InvalidSplit()
+        return self.tasks[split]
+
+    def task(self, split: str, index: int) -> JSONObject:
+        """Python indexing, as the reference does: -1 is the last task."""
+        tasks = self.split_tasks(split)
+        if not -len(tasks) <= index < len(tasks):
+            raise InvalidIndex()
+        return tasks[index]
+
+    def task_range(self, split: str, start: int | None, stop: int | None) -> list[JSONObject]:
+        """Slice semantics: negatives resolve against n and clamp at 0, everything clamps to n."""
+        tasks = self.split_tasks(split)
+        return tasks[slice(*slice(start, stop).indices(len(tasks))[:2])]
+
+
+class Catalog:
+    """The environments this server serves, by lower-case name."""
+
+    def __init__(self, environments: dict[str, EnvironmentInfo], default: str | None = None) -> None:
+        self._environments = environments
+        names = sorted(environments)
+        if default is not None and default.lower() not in environments:
+            raise EnvNotFound(f"default environment {default!r} is not among {names}")
+        self.default = default.lower() if default else (names[0] if names else None)
+
+    @classmethod
+    async def load(cls, backend: Backend, policies: PolicySet, cache_dir: Path,
+                   default: str | None = None) -> Catalog:
+        """Find environment images and read (or recall) their discovery data."""
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        environments: dict[str, EnvironmentInfo] = {}
+        for image in _newest_per_name(await backend.list_environment_images()):
+            policy = policies.resolve(image.name, image.policy_name)
+            data = await _described(backend, image, policy, cache_dir)
+            environments[image.name] = EnvironmentInfo(image, policy, data["splits"], data["tools"], data["tasks"])
+            tasks = sum(map(len, data["tasks"].values()))
+            log.info("environment_found", env=image.name, image=image.tags[0], tasks=tasks)
+        return cls(environments, default)
+
+    def names(self) -> list[str]:
+        """Environment names, the default first (the reference lists its first environment first)."""
+        return sorted(self._environments, key=lambda name: (name != self.default, name))
+
+    def is_environment(self, name: str) -> bool:
+        return name.lower() in self._environments
+
+    def get(self, name: str) -> EnvironmentInfo:
+        try:
+            return self._environments[name.lower()]
+        except KeyError:
+            raise EnvNotFound(f"unknown environment {name!r}") from None
+
+
+def _newest_per_name(images: list[EnvironmentImage]) -> list[EnvironmentImage]:
+    newest: dict[str, EnvironmentImage] = {}
+    for image in sorted(images, key=lambda i: i.created):
+        newest[image.name] = image
+    return [newest[name] for name in sorted(newest)]
+
+
+async def _described(backend: Backend, image: EnvironmentImage, policy: SandboxPolicy,
+                     cache_dir: Path) -> JSONObject:
+    path = cache_dir / f"{image.image_id.replace(':', '_')}.json"
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        pass
+    data = await backend.describe(image, policy)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+    log.info("environment_described", env=image.name, image_id=image.image_id[:19])
+    return data

@@ -1,0 +1,51 @@
+"""Server configuration: one pydantic model, from defaults, environment variables and flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def default_state_dir() -> Path:
+    """Where session folders and the catalog cache live; short, since socket paths are capped at 108 bytes."""
+    return Path(os.environ.get("ORSBOX_STATE_DIR", "/var/lib/orsbox"))
+
+
+class Config(BaseModel):
+    """Everything the server needs to run; units in the field descriptions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on")
+    state_dir: Path = Field(default_factory=default_state_dir, description="session folders and catalog cache")
+    policies_dir: Path = Field(Path("sandbox_policies"), description="folder of ops-owned policy files")
+    default_environment: str | None = Field(None, description="environment for bare paths; default: first by name")
+    node_id: str = Field("local", description="written into every container's orsbox.node label")
+    ready_wait: float = Field(25.0, gt=0, description="s a gated request waits for setup before 503")
+    reap_interval: float = Field(5.0, gt=0, description="s between idle/lifetime sweeps")
+    result_linger: float = Field(60.0, ge=0, description="s a finished call's result is kept for reconnects")
+    keepalive: float = Field(10.0, gt=0, description="s between SSE keepalive comments")
+    ended_memory: float = Field(3600.0, ge=0, description="s an ended session id is remembered (410, not 404)")
+    docker_timeout: float = Field(60.0, gt=0, description="s per Docker engine call")
+    docker_pool: int = Field(10, ge=1, description="Docker engine connections = executor threads")
+    shutdown_timeout: float = Field(30.0, gt=0, description="s to tear sessions down at shutdown")
+    teardown_timeout: float = Field(10.0, gt=0, description="s an environment's teardown() may take")
+    idle_timeout: float | None = Field(None, gt=0, description="s; overrides every policy's idle_timeout (tests)")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Config:
+        """Defaults ▸ ORSBOX_* environment variables ▸ explicit overrides (flags)."""
+        env = {
+            "host": os.environ.get("ORSBOX_HOST"),
+            "port": os.environ.get("ORSBOX_PORT"),
+            "policies_dir": os.environ.get("ORSBOX_POLICIES"),
+            "default_environment": os.environ.get("ORSBOX_DEFAULT_ENV"),
+            "node_id": os.environ.get("ORSBOX_NODE_ID"),
+        }
+        values: dict[str, Any] = {k: v for k, v in env.items() if v is not None}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)

@@ -1,0 +1,104 @@
+"""ORS wire models: request bodies the server validates, and the shapes it answers with.
+
+Bodies forbid unknown fields and coerce laxly, as the reference server
+(FastAPI + pydantic) does: `"index": "1"` is accepted, `1.5` is not.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+JSONObject = dict[str, Any]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitBody(Body):
+    split: str
+
+
+class TaskBody(Body):
+    split: str
+    index: int
+
+
+class TaskRangeBody(Body):
+    split: str
+    start: int | None = None
+    stop: int | None = None
+
+
+class CreateBody(Body):
+    env_name: str | None = None
+    task_spec: JSONObject | None = None
+    split: str | None = None
+    index: int | None = None
+    toolset_name: str | None = None
+
+    @model_validator(mode="after")
+    def one_way_to_name_the_task(self) -> CreateBody:
+        by_index = self.split is not None or self.index is not None
+        if self.task_spec is not None and by_index:
+            raise ValueError("Provide either task_spec or split+index, not both")
+        if self.task_spec is None and (self.split is None or self.index is None):
+            raise ValueError("Provide either task_spec or both split and index")
+        return self
+
+
+class CallBody(Body):
+    name: str
+    input: JSONObject
+    task_id: str | None = None
+
+
+class Split(BaseModel):
+    name: str
+    type: str
+
+
+class ToolSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str
+    input_schema: JSONObject | None
+
+
+def list_tools_answer(tools: list[JSONObject]) -> JSONObject:
+    """The ListTools shape the reference answers `/tools` and `/task_tools` with."""
+    return {
+        "tools": tools,
+        "terminal_tool": None,
+        "supports_score_group": False,
+        "message_block_types": ["text", "image", "reasoning", "tool_call", "tool_result"],
+    }
+
+
+def parse_secrets(header: str | None) -> dict[str, str]:
+    """The `X-Secrets` header: base64 of JSON `{"NAME": {"value": "...", "allowed_domains": [...]}}`.
+
+    Returns `{NAME: value}`. Raises ValueError with a message that never
+    contains a secret.
+    """
+    if header is None or not header.strip():
+        return {}
+    try:
+        decoded = json.loads(base64.b64decode(header.strip(), validate=True))
+    except (ValueError, binascii.Error):
+        raise ValueError("X-Secrets header is not base64-encoded JSON") from None
+    if not isinstance(decoded, dict):
+        raise ValueError("X-Secrets header must encode a JSON object")
+    secrets: dict[str, str] = {}
+    for name, entry in decoded.items():
+        value = entry.get("value") if isinstance(entry, dict) else None
+        if not isinstance(value, str):
+            raise ValueError(f"X-Secrets entry {name!r} must be an object with a string 'value'")
+        secrets[name] = value
+    return secrets

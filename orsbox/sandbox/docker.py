@@ -1,0 +1,277 @@
+"""The Docker backend: one hardened container per session, through docker-py.
+
+docker-py blocks, so every engine call runs in one bounded executor sized to
+the client's connection pool, with the caller's contextvars (log fields) copied
+in. Engine errors become orsbox errors in `engine_errors`, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests
+import structlog
+
+from .. import agent as agent_package
+from ..agent import wire
+from ..errors import SandboxError
+from ..policy import SandboxPolicy, container_settings
+from .backend import (
+    LABEL_AGENT,
+    LABEL_CREATED,
+    LABEL_ENTRYPOINT,
+    LABEL_ENVIRONMENT,
+    LABEL_MANAGED,
+    LABEL_NODE,
+    LABEL_POLICY_NAME,
+    LABEL_ROLE,
+    LABEL_SESSION,
+    EnvironmentImage,
+    ManagedContainer,
+    Sandbox,
+    SandboxSpec,
+)
+
+log = structlog.get_logger()
+T = TypeVar("T")
+
+AGENT_MOUNT = "/opt/orsbox"  # the staged agent package, read-only
+ENV_CODE_DIR = "/opt/env"  # where images keep their environment code
+DESCRIBE_TIMEOUT = 60.0  # s
+
+
+@contextmanager
+def engine_errors(action: str) -> Iterator[None]:
+    """The one place Docker and transport errors become orsbox errors."""
+    try:
+        yield
+    except docker.errors.APIError as exc:
+        raise SandboxError(f"{action}: {exc.explanation or exc}") from exc
+    except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+        raise SandboxError(f"{action}: {exc}") from exc
+
+
+def stage_agent(state_dir: Path) -> Path:
+    """Copy the agent package to `<state_dir>/agent/<hash>/orsbox/agent`, for a read-only mount.
+
+    Only the agent goes into containers, beside an empty `orsbox/__init__.py`,
+    so environments import `orsbox.agent` and nothing else of the server.
+    """
+    source = Path(agent_package.__file__).parent
+    files = sorted(p for p in source.glob("*.py"))
+    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()[:16]
+    root = state_dir / "agent" / digest
+    if not (root / "orsbox" / "agent" / "__main__.py").exists():
+        tmp = state_dir / "agent" / f".{digest}.{secrets.token_hex(4)}"
+        (tmp / "orsbox" / "agent").mkdir(parents=True)
+        (tmp / "orsbox" / "__init__.py").write_text("")
+        for path in files:
+            shutil.copy2(path, tmp / "orsbox" / "agent" / path.name)
+        for path in tmp.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        tmp.chmod(0o755)
+        try:
+            tmp.rename(root)
+        except OSError:  # another process staged it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+class DockerBackend:
+    """Sessions as Docker containers on the local engine."""
+
+    def __init__(self, client: docker.DockerClient, *, state_dir: Path, node_id: str, pool_size: int) -> None:
+        self.client = client
+        self.state_dir = state_dir
+        self.sessions_dir = state_dir / "sessions"
+        self.node_id = node_id
+        self.agent_dir = stage_agent(state_dir)
+        self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="docker")
+
+    @classmethod
+    async def connect(cls, *, state_dir: Path, node_id: str, timeout: float, pool_size: int) -> DockerBackend:
+        """Connect to the engine at DOCKER_HOST (default: the local socket); fail clearly if it does not answer."""
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        (state_dir / "sessions").mkdir(exist_ok=True, mode=0o700)
+
+        def connect() -> docker.DockerClient:
+            client = docker.from_env(timeout=int(timeout), max_pool_size=pool_size)
+            client.ping()
+            return client
+
+        try:
+            client = await asyncio.get_running_loop().run_in_executor(None, connect)
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+            raise SandboxError(f"the Docker engine does not answer at {where}: {exc}") from exc
+        return cls(client, state_dir=state_dir, node_id=node_id, pool_size=pool_size)
+
+    async def _run(self, action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking engine call in the executor, keeping log context; map its errors."""
+        ctx = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        with engine_errors(action):
+            return await loop.run_in_executor(self._executor, lambda: ctx.run(fn, *args, **kwargs))
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=False)
+        self.client.close()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._run("ping", self.client.ping))
+        except SandboxError:
+            return False
+
+    # -- environments --------------------------------------------------------
+
+    async def list_environment_images(self) -> list[EnvironmentImage]:
+        images = await self._run("list images", self.client.images.list, filters={"label": LABEL_ENVIRONMENT})
+        found = []
+        for image in images:
+            labels = image.labels or {}
+            if not labels.get(LABEL_ENTRYPOINT) or not image.tags:
+                continue
+            found.append(EnvironmentImage(
+                name=labels[LABEL_ENVIRONMENT].lower(),
+                image_id=image.id,
+                entrypoint=labels[LABEL_ENTRYPOINT],
+                policy_name=labels.get(LABEL_POLICY_NAME),
+                tags=tuple(image.tags),
+                created=image.attrs.get("Created", ""),
+            ))
+        return found
+
+    async def describe(self, image: EnvironmentImage, policy: SandboxPolicy) -> dict[str, Any]:
+        """Run the image's agent in describe mode in a locked-down, network-less container."""
+        command = self._agent_command("describe", image, policy)
+        settings = self._settings(policy, labels=self._labels(role="describe", environment=image.name))
+        settings["volumes"] = {str(self.agent_dir): {"bind": AGENT_MOUNT, "mode": "ro"}}
+        container = await self._run(f"create describe container for {image.name}", self.client.containers.create,
+                                    image.image_id, command, **settings)
+        try:
+            await self._run("start describe container", container.start)
+            status = await self._run("wait for describe", _wait, container, DESCRIBE_TIMEOUT)
+            out = await self._run("read describe output", container.logs, stdout=True, stderr=False)
+            errors = await self._run("read describe errors", container.logs, stdout=False, stderr=True)
+        finally:
+            await self.remove_container(container.id)
+        return _parse_describe(image, status, out, errors)
+
+    # -- sessions ------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> Sandbox:
+        """Create and start the session's container; its agent will listen in `session_dir`."""
+        name = f"orsbox-{hashlib.sha256(spec.session_id.encode()).hexdigest()[:12]}-{secrets.token_hex(3)}"
+        session_dir = self.sessions_dir / name
+        session_dir.mkdir(mode=0o700)
+        labels = self._labels(role="session", environment=spec.environment.name)
+        labels.update({LABEL_SESSION: spec.session_id, LABEL_POLICY_NAME: spec.policy.digest(), **spec.extra_labels})
+        settings = self._settings(spec.policy, labels=labels)
+        settings["volumes"] = {
+            str(session_dir): {"bind": wire.SOCKET_DIR_IN_CONTAINER, "mode": "rw"},
+            str(self.agent_dir): {"bind": AGENT_MOUNT, "mode": "ro"},
+        }
+        command = self._agent_command("serve", spec.environment, spec.policy)
+        sandbox = Sandbox(container_id="", name=name, session_dir=session_dir)
+        try:
+            container = await self._run("create container", self.client.containers.create,
+                                        spec.environment.image_id, command, name=name, **settings)
+            sandbox = Sandbox(container_id=container.id, name=name, session_dir=session_dir)
+            await self._run("start container", container.start)
+        except BaseException:
+            await self.remove(sandbox)
+            raise
+        log.info("container_started", container=name)
+        return sandbox
+
+    async def is_running(self, sandbox: Sandbox) -> bool:
+        try:
+            attrs = await self._run("inspect container", self.client.api.inspect_container, sandbox.container_id)
+        except SandboxError:
+            return False
+        return bool(attrs.get("State", {}).get("Running"))
+
+    async def remove(self, sandbox: Sandbox) -> None:
+        """Kill and remove the container (by name, in case create half-failed) and its session folder."""
+        await self.remove_container(sandbox.container_id or sandbox.name)
+        shutil.rmtree(sandbox.session_dir, ignore_errors=True)
+
+    async def remove_container(self, container_id: str) -> None:
+        try:
+            await self._run("remove container", self.client.api.remove_container, container_id, force=True, v=True)
+        except SandboxError as exc:
+            if not isinstance(exc.__cause__, docker.errors.NotFound):
+                log.warning("container_remove_failed", container=container_id, error=str(exc))
+
+    async def list_managed(self) -> list[ManagedContainer]:
+        containers = await self._run("list containers", self.client.api.containers, all=True,
+                                     filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_NODE}={self.node_id}"]})
+        return [ManagedContainer(c["Id"], c.get("Labels") or {}, c.get("State", "")) for c in containers]
+
+    # -- helpers -------------------------------------------------------------
+
+    def _labels(self, *, role: str, environment: str) -> dict[str, str]:
+        return {
+            LABEL_MANAGED: "1",
+            LABEL_ROLE: role,
+            LABEL_ENVIRONMENT: environment,
+            LABEL_NODE: self.node_id,
+            LABEL_CREATED: str(int(time.time())),
+            LABEL_AGENT: str(wire.PROTOCOL_VERSION),
+        }
+
+    @staticmethod
+    def _settings(policy: SandboxPolicy, *, labels: dict[str, str]) -> dict[str, Any]:
+        settings = container_settings(policy)
+        settings.update(
+            labels=labels,
+            working_dir="/",
+            environment={
+                "PYTHONPATH": f"{AGENT_MOUNT}:{ENV_CODE_DIR}",
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "PYTHONUNBUFFERED": "1",
+            },
+            entrypoint=[],
+        )
+        return settings
+
+    @staticmethod
+    def _agent_command(mode: str, image: EnvironmentImage, policy: SandboxPolicy) -> list[str]:
+        limits = json.dumps(policy.agent_limits(), separators=(",", ":"))
+        return ["python3", "-B", "-m", "orsbox.agent", mode, "--entrypoint", image.entrypoint, "--limits", limits]
+
+
+def _wait(container: Any, timeout: float) -> int:
+    try:
+        return int(container.wait(timeout=timeout)["StatusCode"])
+    except requests.exceptions.ReadTimeout:
+        raise SandboxError(f"describe did not finish within {timeout:.0f} s") from None
+
+
+def _parse_describe(image: EnvironmentImage, status: int, out: bytes, errors: bytes) -> dict[str, Any]:
+    text = out.decode(errors="replace").strip()
+    try:
+        data = json.loads(text.splitlines()[-1]) if text else None
+    except ValueError:
+        data = None
+    if status == 0 and isinstance(data, dict) and "splits" in data:
+        return data
+    reason = data.get("error") if isinstance(data, dict) else None
+    tail = errors.decode(errors="replace").strip()[-800:]
+    raise SandboxError(f"environment {image.name!r} ({image.entrypoint}) cannot be described: "
+                       f"{reason or tail or f'agent exited with status {status}'}")

@@ -1,0 +1,65 @@
+"""The aiohttp application: routes, middleware, and resources in cleanup contexts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from ..catalog import Catalog
+from ..config import Config
+from ..policy import PolicySet
+from ..sandbox.backend import LABEL_ROLE, Backend
+from ..sandbox.docker import DockerBackend
+from ..sessions import SessionManager
+from .keys import BACKEND, CATALOG, CONFIG, SESSIONS
+from .middleware import errors_to_http, redirect_bare_paths, request_context
+from .routes import routes
+
+log = structlog.get_logger()
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+def create_app(config: Config, *, backend: Backend | None = None) -> web.Application:
+    """The ORS server. Without `backend`, it connects to the local Docker engine on start-up."""
+    app = web.Application(
+        middlewares=[request_context, errors_to_http, redirect_bare_paths], client_max_size=MAX_BODY_BYTES
+    )
+    app[CONFIG] = config
+    app.add_routes(routes)
+
+    async def sandbox(app: web.Application) -> AsyncIterator[None]:
+        app[BACKEND] = backend or await DockerBackend.connect(
+            state_dir=config.state_dir, node_id=config.node_id,
+            timeout=config.docker_timeout, pool_size=config.docker_pool)
+        yield
+        if backend is None:
+            await app[BACKEND].close()
+
+    async def catalog(app: web.Application) -> AsyncIterator[None]:
+        policies = PolicySet.load(config.policies_dir)
+        app[CATALOG] = await Catalog.load(app[BACKEND], policies, config.state_dir / "catalog",
+                                          config.default_environment)
+        if not app[CATALOG].names():
+            log.warning("no_environments", hint="build the example images: orsbox build")
+        yield
+
+    async def sessions(app: web.Application) -> AsyncIterator[None]:
+        await remove_leftovers(app[BACKEND])
+        app[SESSIONS] = manager = SessionManager(app[BACKEND], app[CATALOG], config)
+        manager.start()
+        yield
+        await manager.close(timeout=config.shutdown_timeout)
+
+    app.cleanup_ctx.extend([sandbox, catalog, sessions])
+    return app
+
+
+async def remove_leftovers(backend: Backend) -> None:
+    """Containers this node started before a crash serve no session now: remove them."""
+    for container in await backend.list_managed():
+        log.warning("leftover_container_removed", container=container.container_id[:12],
+                    role=container.labels.get(LABEL_ROLE))
+        await backend.remove_container(container.container_id)

@@ -1,0 +1,72 @@
+"""Request middleware: log context, bare-path redirects, and the one place errors become HTTP.
+
+Every error answer is JSON `{"detail": ...}`, never a traceback.
+"""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..errors import NotReady, OrsboxError
+from .keys import CATALOG
+
+log = structlog.get_logger()
+
+#: First path segments that are routes of their own, not environments.
+ROOT_ROUTES = frozenset({
+    "health", "version", "ping", "list_environments", "create", "create_session",
+    "delete", "delete_session", "openapi.json", "docs",
+})
+
+
+def json_error(status: int, detail: object, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"detail": detail}, status=status, headers=headers)
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    structlog.contextvars.clear_contextvars()
+    sid = request.headers.get("X-Session-ID", "").strip()
+    if sid:
+        structlog.contextvars.bind_contextvars(session_id=sid)
+    return await handler(request)
+
+
+@web.middleware
+async def errors_to_http(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place statuses are chosen for errors."""
+    try:
+        return await handler(request)
+    except OrsboxError as exc:
+        headers = None
+        if isinstance(exc, NotReady):
+            headers = {"Retry-After": str(exc.retry_after), "X-Backend-State": "starting"}
+        return json_error(exc.status, exc.detail, headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = "Not Found" if exc.status == 404 else exc.reason
+        return json_error(exc.status, reason, {k: v for k, v in exc.headers.items() if k == "Allow"})
+    except ConnectionResetError:
+        raise
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        return json_error(500, "Internal Server Error")
+
+
+@web.middleware
+async def redirect_bare_paths(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """308 `/tools` to `/{default env}/tools`, as the reference does; 307 away trailing slashes."""
+    first = request.path.lstrip("/").split("/", 1)[0]
+    catalog = request.app[CATALOG]
+    if first and first not in ROOT_ROUTES and not catalog.is_environment(first) and catalog.default:
+        raise web.HTTPPermanentRedirect(_with_query(f"/{catalog.default}{request.path}", request))
+    if request.path != "/" and request.path.endswith("/") and request.match_info.http_exception is not None:
+        raise web.HTTPTemporaryRedirect(_with_query(request.path.rstrip("/"), request))
+    return await handler(request)
+
+
+def _with_query(path: str, request: web.Request) -> str:
+    return f"{path}?{request.query_string}" if request.query_string else path

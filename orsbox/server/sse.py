@@ -1,0 +1,102 @@
+"""Server-Sent Events exactly as the ORS reference frames them.
+
+`event: X\r\ndata: Y\r\n\r\n`, a `: ping - <UTC time>` comment every `keepalive`
+seconds while waiting, and results longer than 4096 characters split into
+`chunk` events with the last part in `end`. The official client `lstrip()`s
+every data value, so no chunk may start (or end) with a whitespace character.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import re
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+CHUNK_CHARS = 4096
+T = TypeVar("T")
+
+HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def split_for_sse(text: str, size: int = CHUNK_CHARS) -> list[str]:
+    """Split `text` into parts of at most `size` characters that neither start nor end with whitespace.
+
+    `text` is compact JSON, where whitespace only occurs inside strings; if no
+    clean boundary exists (a whitespace run longer than a chunk), whitespace is
+    written as JSON escapes, which decode to the same value.
+    """
+    parts = _split_clean(text, size)
+    if parts is not None:
+        return parts
+    escaped = "".join(f"\\u{ord(c):04x}" if c.isspace() else c for c in text)
+    return [escaped[i:i + size] for i in range(0, len(escaped), size)] or [""]
+
+
+def _split_clean(text: str, size: int) -> list[str] | None:
+    parts: list[str] = []
+    start = 0
+    while len(text) - start > size:
+        cut = start + size
+        while cut > start and (text[cut - 1].isspace() or text[cut].isspace()):
+            cut -= 1
+        if cut == start:
+            return None
+        parts.append(text[start:cut])
+        start = cut
+    parts.append(text[start:])
+    if len(parts) > 1 and (parts[-1][:1].isspace() or parts[-1][-1:].isspace()):
+        return None
+    return parts
+
+
+class EventStream:
+    """One SSE response."""
+
+    def __init__(self, request: web.Request, keepalive: float) -> None:
+        self.request = request
+        self.keepalive = keepalive
+        self.response = web.StreamResponse(status=200, headers=HEADERS)
+        self.response.enable_chunked_encoding()
+
+    async def open(self) -> None:
+        await self.response.prepare(self.request)
+
+    async def send(self, event: str, data: str) -> None:
+        """One event; data with line breaks goes as several `data:` lines (clients join them with \\n)."""
+        lines = "".join(f"data: {line}\r\n" for line in re.split(r"\r\n|\r|\n", data))
+        await self.response.write(f"event: {event}\r\n{lines}\r\n".encode())
+
+    async def ping(self) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        await self.response.write(f": ping - {now}\r\n\r\n".encode())
+
+    async def send_result(self, result: Any) -> None:
+        """The result JSON as `chunk`* + `end`."""
+        *chunks, last = split_for_sse(compact_json(result))
+        for chunk in chunks:
+            await self.send("chunk", chunk)
+        await self.send("end", last)
+
+    async def wait(self, future: asyncio.Future[T]) -> T:
+        """Wait for `future`, sending a keepalive comment every `keepalive` s meanwhile."""
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=self.keepalive)
+            if done:
+                return future.result()
+            await self.ping()
+
+    async def close(self) -> web.StreamResponse:
+        await self.response.write_eof()
+        return self.response

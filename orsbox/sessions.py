@@ -1,0 +1,327 @@
+"""SessionManager: every session's lifecycle, from `/create` to the container's removal.
+
+A session is registered at once on `/create`; a background task creates its
+container, connects to the agent and runs `setup`. Gated requests wait for that
+(`ready_wait`, then 503). A session ends exactly once, with a reason: deleted,
+idle, past its lifetime, agent gone, server shutdown. Ending cancels setup,
+runs `teardown` (bounded), removes the container and its folder, and remembers
+the id for a while so later requests get 410 with the reason instead of 404.
+
+Every task that outlives a request (setup, tool calls kept for reconnects, the
+reaper) is tracked here and ended in `close()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import time
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from .agent.wire import Method
+from .catalog import Catalog, EnvironmentInfo
+from .config import Config
+from .errors import (
+    AgentGone,
+    NotReady,
+    OrsboxError,
+    SessionExists,
+    SessionGone,
+    SessionNotFound,
+    SetupFailed,
+)
+from .protocol import CreateBody, JSONObject
+from .sandbox.backend import Backend, Sandbox, SandboxSpec
+from .sandbox.channel import AgentChannel
+
+log = structlog.get_logger()
+
+OWNER_LABEL = "orsbox.owner"
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+    ENDED = "ended"
+
+
+@dataclass
+class CallRecord:
+    """One tool call: its result is kept `result_linger` s after it completes, for reconnects."""
+
+    task_id: str
+    result: asyncio.Future[JSONObject]
+
+
+@dataclass
+class Session:
+    id: str
+    env: EnvironmentInfo
+    task: JSONObject
+    owner: str
+    created: float = field(default_factory=time.monotonic)
+    last_active: float = field(default_factory=time.monotonic)
+    state: State = State.STARTING
+    error: OrsboxError | None = None
+    sandbox_future: asyncio.Future[Sandbox] | None = None
+    channel: AgentChannel | None = None
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # set once not STARTING
+    calls: dict[str, CallRecord] = field(default_factory=dict)
+    running_calls: int = 0
+    start_task: asyncio.Task[None] | None = None
+    end_task: asyncio.Task[None] | None = None
+
+    def touch(self) -> None:
+        self.last_active = time.monotonic()
+
+    def log_context(self) -> dict[str, str]:
+        return {"session_id": self.id, "env": self.env.name}
+
+
+def owner_of(api_key: str | None) -> str:
+    """Sessions are bound to a hash of the API key that created them (missing = empty)."""
+    return hashlib.sha256((api_key or "").encode()).hexdigest()[:16]
+
+
+class SessionManager:
+    """Owns sessions and every background task of theirs."""
+
+    def __init__(self, backend: Backend, catalog: Catalog, config: Config) -> None:
+        self.backend = backend
+        self.catalog = catalog
+        self.config = config
+        self.sessions: dict[str, Session] = {}
+        self.ended: dict[str, tuple[str, float]] = {}  # sid -> (reason, when)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+        self.closing = False
+
+    # -- lifecycle of the manager ---------------------------------------------
+
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_forever())
+
+    async def close(self, timeout: float) -> None:
+        """End every session (container removed) and every background task."""
+        self.closing = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+        ends = [self.end(s, "the server shut down") for s in list(self.sessions.values())]
+        if ends:
+            _, pending = await asyncio.wait([asyncio.ensure_future(e) for e in ends], timeout=timeout)
+            for task in pending:
+                task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], session: Session | None = None) -> asyncio.Task[Any]:
+        """A tracked task, with the session's log fields bound."""
+        async def run() -> Any:
+            if session is not None:
+                structlog.contextvars.bind_contextvars(**session.log_context())
+            return await coro
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- create -----------------------------------------------------------------
+
+    def create(self, sid: str, body: CreateBody, secrets: dict[str, str], api_key: str | None) -> Session:
+        """Register the session and start its sandbox in the background; answers at once."""
+        if sid in self.sessions:
+            raise SessionExists()
+        env = self.catalog.get(body.env_name) if body.env_name else self.catalog.get(self.catalog.default or "")
+        task = body.task_spec if body.task_spec is not None else env.task(body.split or "", body.index or 0)
+        session = Session(id=sid, env=env, task=dict(task), owner=owner_of(api_key))
+        self.sessions[sid] = session
+        self.ended.pop(sid, None)
+        session.start_task = self._spawn(self._start(session, secrets), session)
+        log.info("session_created", session_id=sid, env=env.name, task_id=task.get("id"))
+        return session
+
+    async def _start(self, session: Session, secrets: dict[str, str]) -> None:
+        policy = session.env.policy
+        started = time.monotonic()
+        spec = SandboxSpec(session.id, session.env.image, policy, {OWNER_LABEL: session.owner})
+        try:
+            async with asyncio.timeout(policy.setup_timeout):
+                session.sandbox_future = self._spawn(self.backend.create(spec), session)
+                sandbox = await asyncio.shield(session.sandbox_future)
+                channel = await AgentChannel.connect(
+                    sandbox.socket_path, timeout=policy.setup_timeout,
+                    is_alive=lambda: self.backend.is_running(sandbox))
+                session.channel = channel
+                channel.on_close(lambda: self._agent_gone(session))
+                await channel.call(Method.HELLO)
+                await channel.call(Method.SETUP, {"task": session.task, "secrets": secrets})
+        except TimeoutError:
+            self._fail(session, SetupFailed(f"TimeoutError: setup did not finish within {policy.setup_timeout:.0f} s"))
+        except OrsboxError as exc:
+            self._fail(session, exc)
+        else:
+            session.state = State.READY
+            log.info("session_ready", seconds=round(time.monotonic() - started, 3))
+        finally:
+            session.settled.set()
+
+    def _fail(self, session: Session, error: OrsboxError) -> None:
+        """Setup failed: the session stays (answering the error) but its sandbox goes now."""
+        if session.state is State.ENDED:
+            return
+        if not isinstance(error, SetupFailed):
+            error = SetupFailed(f"{type(error).__name__}: {error.detail}")
+        session.state, session.error = State.FAILED, error
+        log.warning("session_setup_failed", error=error.detail)
+        self._spawn(self._release_sandbox(session), session)
+
+    # -- lookups and the readiness gate -----------------------------------------
+
+    def get(self, sid: str, api_key: str | None) -> Session:
+        """The live session `sid` of this API key; 410 with the reason if it ended, else 404."""
+        session = self.sessions.get(sid)
+        if session is None or session.owner != owner_of(api_key):
+            ended = self.ended.get(sid)
+            if ended is not None and session is None:
+                raise SessionGone(f"Session ended: {ended[0]}")
+            raise SessionNotFound()
+        session.touch()
+        return session
+
+    async def ready(self, sid: str, api_key: str | None) -> Session:
+        """The session, once set up: waits up to `ready_wait` s, then 503."""
+        session = self.get(sid, api_key)
+        if session.state is State.STARTING:
+            try:
+                await asyncio.wait_for(session.settled.wait(), self.config.ready_wait)
+            except TimeoutError:
+                raise NotReady() from None
+        if session.state is State.ENDED:
+            raise SessionGone(f"Session ended: {self.ended.get(sid, ('deleted',))[0]}")
+        if session.state is State.FAILED:
+            assert session.error is not None
+            raise session.error
+        return session
+
+    # -- episode --------------------------------------------------------------------
+
+    async def prompt(self, session: Session) -> list[JSONObject]:
+        return list(await self._channel(session).call(Method.PROMPT))
+
+    async def task_tools(self, session: Session) -> JSONObject:
+        return dict(await self._channel(session).call(Method.TASK_TOOLS))
+
+    def start_call(self, session: Session, name: str, tool_input: JSONObject) -> CallRecord:
+        """Start a tool call that runs to its end even if the client goes away."""
+        record = CallRecord(uuid.uuid4().hex, asyncio.get_running_loop().create_future())
+        session.calls[record.task_id] = record
+        self._spawn(self._run_call(session, record, name, tool_input), session)
+        return record
+
+    def find_call(self, session: Session, task_id: str) -> CallRecord | None:
+        return session.calls.get(task_id)
+
+    async def _run_call(self, session: Session, record: CallRecord, name: str, tool_input: JSONObject) -> None:
+        session.running_calls += 1
+        started = time.monotonic()
+        try:
+            result = await self._channel(session).call(Method.CALL_TOOL, {"name": name, "input": tool_input})
+            record.result.set_result(result)
+            log.info("tool_called", tool=name, task_id=record.task_id, ok=result.get("ok"),
+                     seconds=round(time.monotonic() - started, 3))
+        except OrsboxError as exc:
+            record.result.set_exception(exc)
+            log.warning("tool_call_failed", tool=name, task_id=record.task_id, error=exc.detail)
+        except asyncio.CancelledError:
+            record.result.set_exception(SessionGone("Session ended while the call ran"))
+            raise
+        finally:
+            session.running_calls -= 1
+            session.touch()
+            record.result.exception() if record.result.done() else None  # mark retrieved
+            asyncio.get_running_loop().call_later(self.config.result_linger, session.calls.pop, record.task_id, None)
+
+    def _channel(self, session: Session) -> AgentChannel:
+        if session.channel is None or session.channel.closed:
+            raise AgentGone("the sandbox's agent is gone")
+        return session.channel
+
+    # -- ending -----------------------------------------------------------------------
+
+    async def delete(self, sid: str, api_key: str | None) -> None:
+        """End the session if it is live and ours; deleting twice or an unknown id is fine."""
+        session = self.sessions.get(sid)
+        if session is not None and session.owner == owner_of(api_key):
+            await self.end(session, "deleted by the client")
+
+    async def end(self, session: Session, reason: str) -> None:
+        """End `session` once; concurrent callers wait for the same teardown."""
+        if session.end_task is None:
+            session.end_task = self._spawn(self._end(session, reason), session)
+        await asyncio.shield(session.end_task)
+
+    async def _end(self, session: Session, reason: str) -> None:
+        started = time.monotonic()
+        was_ready = session.state is State.READY
+        session.state = State.ENDED
+        self.sessions.pop(session.id, None)
+        self.ended[session.id] = (reason, time.monotonic())
+        session.settled.set()
+        if session.start_task is not None and not session.start_task.done():
+            session.start_task.cancel()
+        if was_ready and session.channel is not None and not session.channel.closed:
+            try:
+                await session.channel.call(Method.TEARDOWN, timeout=self.config.teardown_timeout)
+            except OrsboxError as exc:
+                log.warning("teardown_failed", error=exc.detail)
+        await self._release_sandbox(session)
+        log.info("session_ended", reason=reason, seconds=round(time.monotonic() - started, 3))
+
+    async def _release_sandbox(self, session: Session) -> None:
+        if session.channel is not None:
+            await session.channel.close()
+        if session.sandbox_future is None:
+            return
+        try:
+            sandbox = await asyncio.shield(session.sandbox_future)
+        except (OrsboxError, asyncio.CancelledError):
+            return  # create failed and cleaned up after itself
+        await self.backend.remove(sandbox)
+
+    def _agent_gone(self, session: Session) -> None:
+        if session.state is State.READY and not self.closing:
+            log.warning("agent_gone")
+            self._spawn(self.end(session, "the sandbox's agent exited (its container died or was killed)"), session)
+
+    # -- reaping ----------------------------------------------------------------------
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reap_interval)
+            try:
+                await self.reap()
+            except Exception as exc:  # never let one bad sweep stop reaping
+                log.exception("reap_failed", error=str(exc))
+
+    async def reap(self) -> None:
+        """End idle sessions and those past their lifetime; forget old ended ids."""
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            policy = session.env.policy
+            idle_limit = self.config.idle_timeout or policy.idle_timeout
+            if now - session.created > policy.max_lifetime:
+                self._spawn(self.end(session, f"reached its max lifetime of {policy.max_lifetime:.0f} s"), session)
+            elif session.running_calls == 0 and now - session.last_active > idle_limit:
+                self._spawn(self.end(session, f"idle for more than {idle_limit:.0f} s"), session)
+        for sid, (_, when) in list(self.ended.items()):
+            if now - when > self.config.ended_memory:
+                del self.ended[sid]
