@@ -87,7 +87,8 @@ COMMAND_HOME = "/home/user"
 def container_settings(policy: SandboxPolicy) -> dict[str, Any]:
     """docker-py `containers.create()` arguments for the hardened container of `policy`."""
     uid = policy.command_uid
-    tmp_flags = "rw,nosuid,nodev" + ("" if policy.tmp_exec else ",noexec")
+    # Docker's tmpfs defaults include noexec: say exec where it is meant.
+    tmp_flags = "rw,nosuid,nodev," + ("exec" if policy.tmp_exec else "noexec")
     return {
         "init": True,
         "user": "0:0",
@@ -97,7 +98,7 @@ def container_settings(policy: SandboxPolicy) -> dict[str, Any]:
         "read_only": True,
         "tmpfs": {
             "/tmp": f"{tmp_flags},size={policy.tmp_size},mode=1777",
-            "/workspace": f"rw,nosuid,nodev,size={policy.workspace_size},uid={uid},gid={uid},mode=0755",
+            "/workspace": f"rw,nosuid,nodev,exec,size={policy.workspace_size},uid={uid},gid={uid},mode=0755",
             COMMAND_HOME: f"rw,nosuid,nodev,noexec,size={policy.home_size},uid={uid},gid={uid},mode=0700",
         },
         "pids_limit": policy.pids,

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import inspect
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence, Union
@@ -163,6 +164,7 @@ def _model_title(tool_name: str) -> str:
     return "".join(part.capitalize() for part in re.split(r"[_\W]+", tool_name) if part) + "Input"
 
 
+_UNION_TYPE = getattr(types, "UnionType", None)  # `int | None`, Python 3.10+
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
@@ -176,7 +178,7 @@ def type_schema(hint: Any, where: str) -> JSONObject:
         return {}
     origin = typing.get_origin(hint) if hasattr(typing, "get_origin") else getattr(hint, "__origin__", None)
     args = typing.get_args(hint) if hasattr(typing, "get_args") else getattr(hint, "__args__", ())
-    if origin is Union:
+    if origin is Union or (_UNION_TYPE is not None and origin is _UNION_TYPE):
         return {"anyOf": [type_schema(arg, where) for arg in args]}
     if origin in (list, List, Sequence) or hint in (list, List):
         items = type_schema(args[0], where) if args else {}
@@ -255,8 +257,12 @@ _JSON_TYPES: Dict[str, Callable[[Any], bool]] = {
 
 def _schema_errors(value: Any, schema: JSONObject, loc: str) -> List[str]:
     if "anyOf" in schema:
-        if any(not _schema_errors(value, option, loc) for option in schema["anyOf"]):
+        results = [_schema_errors(value, option, loc) for option in schema["anyOf"]]
+        if any(not errors for errors in results):
             return []
+        for option, option_errors in zip(schema["anyOf"], results):  # noqa: B905 - no strict= on 3.8
+            if option.get("type") == _json_type(value):  # right kind, wrong content: say what is wrong inside
+                return option_errors
         kinds = " or ".join(option.get("type", "value") for option in schema["anyOf"])
         return ["%s: expected %s, got %s" % (loc, kinds, _json_type(value))]
     if "enum" in schema and value not in schema["enum"]:

@@ -11,6 +11,7 @@ from aiohttp.typedefs import Handler
 
 from ..errors import NotReady, OrsboxError
 from .keys import CATALOG
+from .responses import json_response
 
 log = structlog.get_logger()
 
@@ -22,7 +23,7 @@ ROOT_ROUTES = frozenset({
 
 
 def json_error(status: int, detail: object, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"detail": detail}, status=status, headers=headers)
+    return json_response({"detail": detail}, status=status, headers=headers)
 
 
 @web.middleware

@@ -25,6 +25,7 @@ from ..protocol import (
     parse_secrets,
 )
 from .keys import CATALOG, CONFIG, SESSIONS
+from .responses import json_response
 from .sse import EventStream
 
 routes = web.RouteTableDef()
@@ -75,12 +76,12 @@ def api_key(request: web.Request) -> str | None:
 
 @routes.get("/health")
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @routes.get("/version")
 async def version(request: web.Request) -> web.Response:
-    return web.json_response({"version": __version__, "build_sha": None})
+    return json_response({"version": __version__, "build_sha": None})
 
 
 # ---------------------------------------------------------------- discovery
@@ -88,18 +89,18 @@ async def version(request: web.Request) -> web.Response:
 
 @routes.get("/list_environments")
 async def list_environments(request: web.Request) -> web.Response:
-    return web.json_response(request.app[CATALOG].names())
+    return json_response(request.app[CATALOG].names())
 
 
 @routes.get("/{env}/tools")
 async def tools(request: web.Request) -> web.Response:
     env = request.app[CATALOG].get(request.match_info["env"])
-    return web.json_response(list_tools_answer(env.tools))
+    return json_response(list_tools_answer(env.tools))
 
 
 @routes.get("/{env}/splits")
 async def splits(request: web.Request) -> web.Response:
-    return web.json_response(request.app[CATALOG].get(request.match_info["env"]).splits)
+    return json_response(request.app[CATALOG].get(request.match_info["env"]).splits)
 
 
 @routes.post("/{env}/tasks")
@@ -107,14 +108,14 @@ async def tasks(request: web.Request) -> web.Response:
     body = validate(SplitBody, await read_json(request))
     env_name = request.match_info["env"]
     env = request.app[CATALOG].get(env_name)
-    return web.json_response({"tasks": env.split_tasks(body.split), "env_name": env_name})
+    return json_response({"tasks": env.split_tasks(body.split), "env_name": env_name})
 
 
 @routes.post("/{env}/num_tasks")
 async def num_tasks(request: web.Request) -> web.Response:
     body = validate(SplitBody, await read_json(request))
     env = request.app[CATALOG].get(request.match_info["env"])
-    return web.json_response({"num_tasks": len(env.split_tasks(body.split))})
+    return json_response({"num_tasks": len(env.split_tasks(body.split))})
 
 
 @routes.post("/{env}/task")
@@ -122,7 +123,7 @@ async def task(request: web.Request) -> web.Response:
     body = validate(TaskBody, await read_json(request))
     env_name = request.match_info["env"]
     env = request.app[CATALOG].get(env_name)
-    return web.json_response({"task": env.task(body.split, body.index), "env_name": env_name})
+    return json_response({"task": env.task(body.split, body.index), "env_name": env_name})
 
 
 @routes.post("/{env}/task_range")
@@ -130,7 +131,7 @@ async def task_range(request: web.Request) -> web.Response:
     body = validate(TaskRangeBody, await read_json(request))
     env_name = request.match_info["env"]
     env = request.app[CATALOG].get(env_name)
-    return web.json_response({"tasks": env.task_range(body.split, body.start, body.stop), "env_name": env_name})
+    return json_response({"tasks": env.task_range(body.split, body.start, body.stop), "env_name": env_name})
 
 
 # ---------------------------------------------------------------- sessions
@@ -158,25 +159,25 @@ async def create(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise BadSecrets(str(exc)) from None
     request.app[SESSIONS].create(sid, body, secrets, api_key(request))
-    return web.json_response({"sid": sid})
+    return json_response({"sid": sid})
 
 
 @routes.post("/ping")
 async def ping(request: web.Request) -> web.Response:
     request.app[SESSIONS].get(session_id(request), api_key(request))
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @routes.post("/delete")
 async def delete(request: web.Request) -> web.Response:
     sid = session_id(request)
     await request.app[SESSIONS].delete(sid, api_key(request))
-    return web.json_response({"sid": sid})
+    return json_response({"sid": sid})
 
 
 @routes.post("/delete_session")
 async def delete_session(request: web.Request) -> web.Response:
-    return web.json_response({"sid": session_id(request)})
+    return json_response({"sid": session_id(request)})
 
 
 # ---------------------------------------------------------------- episode
@@ -186,7 +187,7 @@ async def delete_session(request: web.Request) -> web.Response:
 async def prompt(request: web.Request) -> web.Response:
     manager = request.app[SESSIONS]
     session = await manager.ready(session_id(request), api_key(request))
-    return web.json_response(await manager.prompt(session))
+    return json_response(await manager.prompt(session))
 
 
 @routes.get("/{env}/task_tools")
@@ -194,7 +195,7 @@ async def task_tools(request: web.Request) -> web.Response:
     manager = request.app[SESSIONS]
     session = await manager.ready(session_id(request), api_key(request))
     answer = await manager.task_tools(session)
-    return web.json_response(list_tools_answer(answer["tools"]))
+    return json_response(list_tools_answer(answer["tools"]))
 
 
 @routes.post("/{env}/call")

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import re
 from typing import Any, TypeVar
 
 from aiohttp import web
+
+from .responses import compact_json
 
 CHUNK_CHARS = 4096
 T = TypeVar("T")
@@ -24,10 +25,6 @@ HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-
-
-def compact_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def split_for_sse(text: str, size: int = CHUNK_CHARS) -> list[str]:

@@ -1,0 +1,353 @@
+"""Tests for orsbox.images: naming, hashing, packing, and real builds on the engine.
+
+The tests marked ``docker`` need a docker engine; the base image is built once
+(about 40 s with debootstrap) or reused when current, and is never removed.
+Every other image they build is removed again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+
+from orsbox import images
+from orsbox.images import (
+    BASE,
+    IMAGE_PREFIX,
+    INPUTS_LABEL,
+    BuiltImage,
+    ImageBuildError,
+    build_images,
+    image_names,
+)
+
+REPO_IMAGES = Path(__file__).resolve().parents[1] / "images"
+TEST_NAME = "imgtest"
+FAIL_NAME = "imgtestfail"
+TEST_DOCKERFILE = """\
+ARG BASE_IMAGE=orsbox/base:latest
+FROM ${BASE_IMAGE}
+COPY hello.txt /opt/hello.txt
+LABEL orsbox.environment=imgtest
+"""
+
+
+def _make_images_dir(root: Path) -> Path:
+    """An images dir with the repo's base package list and a tiny env image."""
+    images_dir = root / "images"
+    (images_dir / BASE).mkdir(parents=True)
+    shutil.copy(REPO_IMAGES / BASE / images.PACKAGES_FILE, images_dir / BASE)
+    context = images_dir / TEST_NAME
+    context.mkdir()
+    (context / "Dockerfile").write_text(TEST_DOCKERFILE)
+    (context / "hello.txt").write_text("hello\n")
+    return images_dir
+
+
+# ------------------------------------------------------------ without docker
+
+
+def test_image_names_base_first_then_env_dirs_sorted(tmp_path: Path) -> None:
+    for name in ("zeta", "alpha", "mid"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / BASE).mkdir()
+    (tmp_path / "no-dockerfile").mkdir()
+    (tmp_path / "README.md").write_text("not an image\n")
+    assert image_names(tmp_path) == [BASE, "alpha", "mid", "zeta"]
+
+
+def test_image_names_without_images_dir(tmp_path: Path) -> None:
+    assert image_names(tmp_path / "missing") == [BASE]
+
+
+def test_unknown_name_lists_known_images(tmp_path: Path) -> None:
+    images_dir = _make_images_dir(tmp_path)
+    with pytest.raises(ImageBuildError) as caught:
+        build_images(images_dir, ["nope"], progress=lambda _: None)
+    message = str(caught.value)
+    assert "nope" in message
+    assert f"{BASE}, {TEST_NAME}" in message
+
+
+def test_engine_not_answering(tmp_path: Path) -> None:
+    client = docker.DockerClient(base_url=f"unix://{tmp_path}/no-docker.sock", version="1.41")
+    with pytest.raises(ImageBuildError, match="does not answer"):
+        build_images(_make_images_dir(tmp_path), [BASE], client=client, progress=print)
+
+
+def test_missing_debootstrap_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(images, "DEBOOTSTRAP_FALLBACKS", ())
+    with pytest.raises(ImageBuildError, match="apt-get install debootstrap"):
+        images._require_debootstrap()
+
+
+def test_read_packages_ignores_comments_and_duplicates(tmp_path: Path) -> None:
+    packages = tmp_path / "packages.txt"
+    packages.write_text("# comment\npython3\n\n  procps  # ps and friends\npython3\n")
+    assert images.read_packages(packages) == ["python3", "procps"]
+
+
+def test_base_hash_ignores_mirror_and_comments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images_dir = _make_images_dir(tmp_path)
+    packages = images_dir / BASE / images.PACKAGES_FILE
+    first = images.base_inputs_hash(images_dir)
+    monkeypatch.setenv(images.MIRROR_ENV, "http://mirror.invalid/debian")
+    packages.write_text(packages.read_text() + "\n# just a comment\n")
+    assert images.base_inputs_hash(images_dir) == first
+    packages.write_text(packages.read_text() + "less\n")
+    assert images.base_inputs_hash(images_dir) != first
+    assert images.base_inputs_hash(images_dir, "python:3.12-slim") != first
+
+
+def test_context_hash_covers_paths_contents_modes_and_base(tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    (context / "sub").mkdir(parents=True)
+    (context / "Dockerfile").write_text("FROM x\n")
+    (context / "sub" / "a.txt").write_text("a")
+    first = images.context_inputs_hash(context, "sha256:1")
+    assert images.context_inputs_hash(context, "sha256:1") == first
+    assert images.context_inputs_hash(context, "sha256:2") != first
+    (context / "sub" / "a.txt").write_text("b")
+    changed = images.context_inputs_hash(context, "sha256:1")
+    assert changed != first
+    (context / "sub" / "a.txt").chmod(0o755)
+    assert images.context_inputs_hash(context, "sha256:1") != changed
+    (context / "sub" / "a.txt").rename(context / "sub" / "b.txt")
+    assert images.context_inputs_hash(context, "sha256:1") != changed
+
+
+def test_pack_is_deterministic(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "b").write_text("b")
+    (rootfs / "etc" / "a").write_text("a")
+    (rootfs / "workspace").mkdir()
+    if os.geteuid() == 0:
+        os.chown(rootfs / "workspace", 1000, 1000)
+    digests = []
+    for attempt in range(2):
+        os.utime(rootfs / "etc" / "a", (1_000_000 + attempt, 1_000_000 + attempt))
+        tarball = tmp_path / f"rootfs{attempt}.tar"
+        images._pack_rootfs(rootfs, tarball, 1_700_000_000)
+        digests.append(hashlib.sha256(tarball.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    with tarfile.open(tmp_path / "rootfs0.tar") as archive:
+        members = archive.getmembers()
+    assert [m.name for m in members] == [".", "./etc", "./etc/a", "./etc/b", "./workspace"]
+    assert {m.mtime for m in members} == {1_700_000_000}
+    if os.geteuid() == 0:
+        assert members[-1].uid == 1000
+
+
+def test_base_from_dockerfile_adds_user_and_mount_points() -> None:
+    dockerfile = images._base_dockerfile("python:3.12-slim")
+    assert dockerfile.startswith("FROM python:3.12-slim\n")
+    assert "useradd -m -u 1000 -g 1000 -d /home/user -s /bin/bash user" in dockerfile
+    assert "install -d -m 0755 -o 1000 -g 1000 /workspace" in dockerfile
+    assert "install -d -m 0700 /run/orsbox" in dockerfile
+    assert "install -d -m 0755 /opt/orsbox" in dockerfile
+    assert "WORKDIR /workspace" in dockerfile
+
+
+# --------------------------------------------------------------- with docker
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[docker.DockerClient]:
+    try:
+        engine = docker.from_env()
+        engine.ping()
+    except (docker.errors.DockerException, OSError) as exc:
+        pytest.skip(f"docker engine not available: {exc}")
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def base(client: docker.DockerClient) -> BuiltImage:
+    """orsbox/base from the repo's recipe: built once, reused when current, never removed."""
+    (built,) = build_images(REPO_IMAGES, [BASE], client=client)
+    return built
+
+
+def _remove_repository(client: docker.DockerClient, name: str) -> None:
+    for image in client.images.list(name=f"{IMAGE_PREFIX}{name}"):
+        for tag in image.tags:
+            client.images.remove(tag, force=True)
+
+
+@pytest.fixture
+def cleanup(client: docker.DockerClient) -> Iterator[None]:
+    for name in (TEST_NAME, FAIL_NAME):
+        _remove_repository(client, name)
+    yield
+    for name in (TEST_NAME, FAIL_NAME):
+        _remove_repository(client, name)
+
+
+@pytest.mark.docker
+def test_base_image_layout(client: docker.DockerClient, base: BuiltImage) -> None:
+    image = client.images.get(base.tag)
+    assert client.images.get(f"{IMAGE_PREFIX}{BASE}:latest").id == image.id == base.image_id
+    assert image.labels[INPUTS_LABEL].startswith(base.tag.rsplit(":", 1)[1])
+    assert image.attrs["Config"]["WorkingDir"] == "/workspace"
+    script = "id; stat -c '%n %u:%g %a' /workspace /run/orsbox /opt/orsbox; python3 -V"
+    output = client.containers.run(
+        base.tag, ["sh", "-c", script], user="1000", read_only=True, remove=True
+    ).decode()
+    assert "uid=1000(user) gid=1000(user) groups=1000(user)" in output
+    assert "/workspace 1000:1000 755" in output
+    assert "/run/orsbox 0:0 700" in output
+    assert "/opt/orsbox 0:0 755" in output
+    assert "Python 3." in output
+
+
+@pytest.mark.docker
+def test_base_current_is_skipped_fast(client: docker.DockerClient, base: BuiltImage) -> None:
+    lines: list[str] = []
+    started = time.monotonic()
+    (again,) = build_images(REPO_IMAGES, [BASE], client=client, progress=lines.append)
+    assert time.monotonic() - started < 1.0
+    assert again == BuiltImage(BASE, base.tag, base.image_id, built=False)
+    assert lines == [f"orsbox/base is current ({base.tag.rsplit(':', 1)[1]})"]
+
+
+@pytest.mark.docker
+def test_env_image_build_skip_and_rebuild(
+    client: docker.DockerClient, base: BuiltImage, tmp_path: Path, cleanup: None
+) -> None:
+    images_dir = _make_images_dir(tmp_path)
+    hello = images_dir / TEST_NAME / "hello.txt"
+    repository = f"{IMAGE_PREFIX}{TEST_NAME}"
+    lines: list[str] = []
+
+    first_base, first = build_images(images_dir, [TEST_NAME], client=client,
+                                     progress=lines.append)
+    assert first_base == BuiltImage(BASE, base.tag, base.image_id, built=False)
+    assert first.name == TEST_NAME and first.built
+    assert first.tag.startswith(f"{repository}:") and len(first.tag.rsplit(":", 1)[1]) == 12
+    image = client.images.get(first.tag)
+    assert image.id == first.image_id == client.images.get(f"{repository}:latest").id
+    assert image.labels[INPUTS_LABEL].startswith(first.tag.rsplit(":", 1)[1])
+    assert image.labels["orsbox.environment"] == TEST_NAME
+    assert any(line.startswith(f"[{TEST_NAME}] ") for line in lines)
+
+    lines.clear()
+    (_, second) = build_images(images_dir, [TEST_NAME], client=client, progress=lines.append)
+    assert second == BuiltImage(TEST_NAME, first.tag, first.image_id, built=False)
+    assert f"{repository} is current ({first.tag.rsplit(':', 1)[1]})" in lines
+
+    hello.write_text("hello again\n")
+    (_, third) = build_images(images_dir, [TEST_NAME], client=client, progress=lambda _: None)
+    assert third.built and third.tag != first.tag and third.image_id != first.image_id
+    assert client.images.get(f"{repository}:latest").id == third.image_id
+
+    # Back to the first inputs: current again, and :latest follows it back.
+    hello.write_text("hello\n")
+    (_, fourth) = build_images(images_dir, [TEST_NAME], client=client, progress=lambda _: None)
+    assert fourth == BuiltImage(TEST_NAME, first.tag, first.image_id, built=False)
+    assert client.images.get(f"{repository}:latest").id == first.image_id
+
+    (_, forced) = build_images(images_dir, [TEST_NAME], client=client, force=True,
+                               progress=lambda _: None)
+    assert forced.built and forced.tag == first.tag
+
+
+@pytest.mark.docker
+def test_failing_build_reports_output_tail(
+    client: docker.DockerClient, base: BuiltImage, tmp_path: Path, cleanup: None
+) -> None:
+    images_dir = _make_images_dir(tmp_path)
+    context = images_dir / FAIL_NAME
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        "ARG BASE_IMAGE=orsbox/base:latest\nFROM ${BASE_IMAGE}\n"
+        "RUN echo boom-output-marker && false\n"
+    )
+    with pytest.raises(ImageBuildError) as caught:
+        build_images(images_dir, [FAIL_NAME], client=client, progress=lambda _: None)
+    message = str(caught.value)
+    assert f"docker build of {IMAGE_PREFIX}{FAIL_NAME} failed" in message
+    assert "boom-output-marker" in message
+    assert not client.images.list(name=f"{IMAGE_PREFIX}{FAIL_NAME}")
+
+
+def test_debootstrap_failure_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "debootstrap"
+    fake.write_text("#!/bin/sh\necho 'I: Retrieving InRelease'\necho 'E: no mirror here'\nexit 1\n")
+    fake.chmod(0o755)
+    workdirs = tmp_path / "work"
+    workdirs.mkdir()
+    monkeypatch.setattr(images, "WORK_ROOT", str(workdirs))
+    monkeypatch.setattr(images, "_require_debootstrap", lambda: str(fake))
+    with pytest.raises(ImageBuildError) as caught:
+        images._build_base_debootstrap(None, ["python3"], "0" * 64, lambda _: None)
+    assert "debootstrap failed (exit 1)" in str(caught.value)
+    assert "E: no mirror here" in str(caught.value)
+    assert list(workdirs.iterdir()) == []
+
+
+def test_workdir_removal_unmounts_first(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount")
+    workdir = tmp_path / "orsbox-base-x"
+    target = workdir / "rootfs" / "dev"
+    target.mkdir(parents=True)
+    keep = tmp_path / "host-dev"
+    keep.mkdir()
+    (keep / "precious").write_text("must survive")
+    mounted = subprocess.run(["mount", "--bind", str(keep), str(target)], check=False)
+    if mounted.returncode != 0:
+        pytest.skip("cannot bind mount here")
+    images._remove_workdir(workdir)
+    assert not workdir.exists()
+    assert (keep / "precious").read_text() == "must survive"
+
+
+@pytest.mark.docker
+def test_base_from_image_builds_same_layout(
+    client: docker.DockerClient, base: BuiltImage
+) -> None:
+    """The ORSBOX_BASE_FROM recipe, tried FROM our own base (nothing can be pulled here).
+
+    Our base already has a uid 1000 user, so this also covers replacing one.
+    """
+    inputs_hash = "f" * 64
+    tag = f"{IMAGE_PREFIX}{BASE}:{inputs_hash[:12]}"
+    lines: list[str] = []
+    try:
+        images._build_base_from(client, base.tag, inputs_hash, lines.append)
+        image = client.images.get(tag)
+        assert image.labels[INPUTS_LABEL] == inputs_hash
+        assert image.attrs["Config"]["WorkingDir"] == "/workspace"
+        script = "id; stat -c '%n %u:%g %a' /workspace /run/orsbox /opt/orsbox /home/user"
+        output = client.containers.run(tag, ["sh", "-c", script], user="1000",
+                                       remove=True).decode()
+        assert "uid=1000(user) gid=1000(user) groups=1000(user)" in output
+        assert "/workspace 1000:1000 755" in output
+        assert "/run/orsbox 0:0 700" in output
+        assert "/home/user 1000:1000" in output
+        assert any(line.startswith(f"[{BASE}] ") for line in lines)
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.remove(tag, force=True)
+    assert client.images.get(f"{IMAGE_PREFIX}{BASE}:latest").id == base.image_id
