@@ -12,6 +12,7 @@ refused at start-up with its name, the field and what is allowed.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -164,3 +165,21 @@ def _describe(exc: ValidationError) -> str:
         f"field {'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']} (got {err.get('input')!r})"
         for err in exc.errors()
     )
+
+
+def reference_markdown() -> str:
+    """The policy fields as a Markdown table, for the README (a test keeps them in sync)."""
+    rows = ["| field | default | meaning |", "| --- | --- | --- |"]
+    for name, info in SandboxPolicy.model_fields.items():
+        is_size = any(getattr(meta, "func", None) is parse_bytes for meta in info.metadata)
+        default = format_bytes(info.default) if is_size else json.dumps(info.default)
+        rows.append(f"| `{name}` | `{default}` | {info.description} |")
+    return "\n".join(rows)
+
+
+def format_bytes(size: int) -> str:
+    """The shortest exact Docker-style size: 1073741824 -> "1g"."""
+    for unit, factor in sorted(_UNITS.items(), key=lambda item: -item[1]):
+        if size % factor == 0:
+            return f'"{size // factor}{unit}"' if unit else str(size)
+    return str(size)

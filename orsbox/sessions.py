@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from .agent.wire import Method
+from .agent.wire import PROTOCOL_VERSION, Method
 from .catalog import Catalog, EnvironmentInfo
 from .config import Config
 from .errors import (
@@ -83,6 +83,11 @@ class Session:
 
     def log_context(self) -> dict[str, str]:
         return {"session_id": self.id, "env": self.env.name}
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def owner_of(api_key: str | None) -> str:
@@ -162,7 +167,9 @@ class SessionManager:
                     is_alive=lambda: self.backend.is_running(sandbox))
                 session.channel = channel
                 channel.on_close(lambda: self._agent_gone(session))
-                await channel.call(Method.HELLO)
+                hello = await channel.call(Method.HELLO)
+                if hello.get("protocol") != PROTOCOL_VERSION:
+                    raise SetupFailed(f"the agent speaks protocol {hello.get('protocol')}, orsbox {PROTOCOL_VERSION}")
                 await channel.call(Method.SETUP, {"task": session.task, "secrets": secrets})
         except TimeoutError:
             self._fail(session, SetupFailed(f"TimeoutError: setup did not finish within {policy.setup_timeout:.0f} s"))
@@ -223,6 +230,7 @@ class SessionManager:
     def start_call(self, session: Session, name: str, tool_input: JSONObject) -> CallRecord:
         """Start a tool call that runs to its end even if the client goes away."""
         record = CallRecord(uuid.uuid4().hex, asyncio.get_running_loop().create_future())
+        record.result.add_done_callback(_consume)  # a result nobody reconnects for is not an error
         session.calls[record.task_id] = record
         self._spawn(self._run_call(session, record, name, tool_input), session)
         return record
@@ -247,7 +255,6 @@ class SessionManager:
         finally:
             session.running_calls -= 1
             session.touch()
-            record.result.exception() if record.result.done() else None  # mark retrieved
             asyncio.get_running_loop().call_later(self.config.result_linger, session.calls.pop, record.task_id, None)
 
     def _channel(self, session: Session) -> AgentChannel:

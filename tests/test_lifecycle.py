@@ -145,3 +145,21 @@ async def _wait_healthy(http: aiohttp.ClientSession, server: subprocess.Popen[by
             pass
         await asyncio.sleep(0.1)
     raise AssertionError("server did not become healthy")
+
+
+async def test_a_dead_container_ends_the_session_with_a_clear_error(ors: Ors, engine: docker.DockerClient) -> None:
+    sid = await ors.new_session()
+    await ors.prompt(sid)
+    [container] = session_containers(engine, sid)
+    running = asyncio.ensure_future(ors.bash(sid, "sleep 30"))
+    await asyncio.sleep(0.5)
+    container.kill()
+    answer = await asyncio.wait_for(running, 20)
+    assert answer.status == 200 and answer.events[-1][0] == "error"
+    assert "agent" in answer.events[-1][1]
+    deadline = time.monotonic() + 10
+    while session_containers(engine, sid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert session_containers(engine, sid) == []
+    gone = await ors.http.get("/bash/prompt", headers={"X-Session-ID": sid})
+    assert gone.status == 410 and "agent exited" in (await gone.json())["detail"]

@@ -6,8 +6,13 @@ import base64
 import json
 import re
 import uuid
+from typing import Any
 
 import pytest
+import structlog
+
+from orsbox.config import Config
+from orsbox.server import create_app
 
 from .conftest import Ors, parse_sse
 
@@ -230,3 +235,36 @@ async def test_reconnect_by_task_id_replays_without_running_again(ors: Ors) -> N
     count = await ors.bash(sid, "wc -l < runs.txt")
     assert count.text.strip() == "1"
     await ors.delete(sid)
+
+
+async def test_messages_wrap_the_prompt(ors: Ors) -> None:
+    sid = await ors.new_session()
+    answer = await ors.http.get("/bash/messages", headers={"X-Session-ID": sid})
+    assert answer.status == 200
+    assert await answer.json() == [{"role": "user", "blocks": await ors.prompt(sid), "detail": None}]
+    await ors.delete(sid)
+
+
+async def test_long_calls_send_keepalive_comments(aiohttp_client: Any, config: Config) -> None:
+    client = await aiohttp_client(create_app(config.model_copy(update={"keepalive": 0.3})))
+    ors = Ors(client)
+    sid = await ors.new_session()
+    answer = await ors.bash(sid, "sleep 1.5; echo done")
+    pings = re.findall(rb": ping - \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+\+00:00\r\n\r\n", answer.raw)
+    assert len(pings) >= 3
+    assert answer.text == "done\n"
+    await ors.delete(sid)
+
+
+async def test_secrets_never_reach_the_logs(ors: Ors) -> None:
+    secret = "tok-" + uuid.uuid4().hex
+    header = base64.b64encode(json.dumps({"API_TOKEN": {"value": secret}}).encode()).decode()
+    with structlog.testing.capture_logs() as events:
+        sid = str(uuid.uuid4())
+        created = await ors.http.post("/create", json={"split": "train", "index": 0},
+                                      headers={"X-Session-ID": sid, "X-Secrets": header})
+        assert created.status == 200
+        await ors.bash(sid, "echo working")
+        await ors.delete(sid)
+    assert any(event["event"] == "session_ready" for event in events)
+    assert secret not in repr(events)

@@ -121,3 +121,10 @@ def test_untyped_tool_parameters_are_an_authoring_error() -> None:
 
     with pytest.raises(AuthoringError, match="'thing' has no type hint"):
         Bad.tool_specs()
+
+
+def test_readme_policy_reference_matches_the_model() -> None:
+    from orsbox.policy import reference_markdown
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert reference_markdown() in readme, "regenerate README's policy table from orsbox.policy.reference_markdown()"

@@ -190,6 +190,14 @@ async def prompt(request: web.Request) -> web.Response:
     return json_response(await manager.prompt(session))
 
 
+@routes.get("/{env}/messages")
+async def messages(request: web.Request) -> web.Response:
+    """The prompt as one user message (environments here have no conversation form)."""
+    manager = request.app[SESSIONS]
+    session = await manager.ready(session_id(request), api_key(request))
+    return json_response([{"role": "user", "blocks": await manager.prompt(session), "detail": None}])
+
+
 @routes.get("/{env}/task_tools")
 async def task_tools(request: web.Request) -> web.Response:
     manager = request.app[SESSIONS]
