@@ -21,7 +21,9 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     ]
     renderer: structlog.typing.Processor
     if as_json:
-        shared.append(structlog.processors.dict_tracebacks)
+        # Tracebacks as data, but never with local variables: they may hold request bodies or secrets.
+        shared.append(structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)))
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer()

@@ -197,12 +197,15 @@ class SessionManager:
         """The live session `sid` of this API key; 410 with the reason if it ended, else 404."""
         session = self.sessions.get(sid)
         if session is None or session.owner != owner_of(api_key):
-            ended = self.ended.get(sid)
-            if ended is not None and session is None:
-                raise SessionGone(f"Session ended: {ended[0]}")
+            if sid in self.ended and session is None:
+                raise self._gone(sid)
             raise SessionNotFound()
         session.touch()
         return session
+
+    def _gone(self, sid: str) -> SessionGone:
+        reason = self.ended.get(sid, ("ended",))[0]
+        return SessionGone(f"Session ended: {reason}")
 
     async def ready(self, sid: str, api_key: str | None) -> Session:
         """The session, once set up: waits up to `ready_wait` s, then 503."""
@@ -213,7 +216,7 @@ class SessionManager:
             except TimeoutError:
                 raise NotReady() from None
         if session.state is State.ENDED:
-            raise SessionGone(f"Session ended: {self.ended.get(sid, ('deleted',))[0]}")
+            raise self._gone(sid)
         if session.state is State.FAILED:
             assert session.error is not None
             raise session.error
@@ -243,14 +246,17 @@ class SessionManager:
         started = time.monotonic()
         try:
             result = await self._channel(session).call(Method.CALL_TOOL, {"name": name, "input": tool_input})
+            if session.state is State.ENDED:  # ended under the call: its teardown cut the tool short
+                raise self._gone(session.id)
             record.result.set_result(result)
             log.info("tool_called", tool=name, task_id=record.task_id, ok=result.get("ok"),
                      seconds=round(time.monotonic() - started, 3))
         except OrsboxError as exc:
-            record.result.set_exception(exc)
-            log.warning("tool_call_failed", tool=name, task_id=record.task_id, error=exc.detail)
+            error = exc if session.state is not State.ENDED else self._gone(session.id)
+            record.result.set_exception(error)
+            log.warning("tool_call_failed", tool=name, task_id=record.task_id, error=error.detail)
         except asyncio.CancelledError:
-            record.result.set_exception(SessionGone("Session ended while the call ran"))
+            record.result.set_exception(self._gone(session.id))
             raise
         finally:
             session.running_calls -= 1

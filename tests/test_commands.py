@@ -58,3 +58,10 @@ async def test_a_fork_bomb_is_contained_and_the_session_recovers(ors: Ors) -> No
     assert after.text.startswith("recovered\n")
     assert int(after.text.split()[1]) < 10
     await ors.delete(sid)
+
+
+async def test_commands_are_killed_first_when_memory_runs_out(ors: Ors) -> None:
+    sid = await ors.new_session()
+    probe = await ors.bash(sid, "cat /proc/self/oom_score_adj; echo $BASH_ENV; x=é€😀; echo ${#x}; locale | head -1")
+    assert probe.text.splitlines()[:3] == ["1000", "", "3"]
+    await ors.delete(sid)

@@ -163,3 +163,27 @@ async def test_a_dead_container_ends_the_session_with_a_clear_error(ors: Ors, en
     assert session_containers(engine, sid) == []
     gone = await ors.http.get("/bash/prompt", headers={"X-Session-ID": sid})
     assert gone.status == 410 and "agent exited" in (await gone.json())["detail"]
+
+
+async def test_a_call_cut_short_by_delete_says_so(ors: Ors) -> None:
+    sid = await ors.new_session()
+    await ors.prompt(sid)
+    running = asyncio.ensure_future(ors.bash(sid, "sleep 30"))
+    await asyncio.sleep(0.5)
+    await ors.delete(sid)
+    answer = await asyncio.wait_for(running, 20)
+    assert answer.events[-1] == ("error", "Session ended: deleted by the client")
+
+
+async def test_a_client_leaving_mid_call_does_not_stop_the_call(ors: Ors) -> None:
+    sid = await ors.new_session()
+    await ors.prompt(sid)
+    response = await ors.http.post("/bash/call", json={"name": "bash", "input": {"command": "sleep 1; echo done"}},
+                                   headers={"X-Session-ID": sid})
+    first_line = await response.content.readline()
+    assert first_line == b"event: task_id\r\n"
+    task_id = (await response.content.readline()).decode().split(": ", 1)[1].strip()
+    response.close()  # the client goes away
+    replay = await ors.call(sid, "bash", {"command": "ignored"}, task_id=task_id)
+    assert replay.text == "done\n"
+    await ors.delete(sid)

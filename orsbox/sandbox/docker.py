@@ -72,7 +72,7 @@ def stage_agent(state_dir: Path) -> Path:
     so environments import `orsbox.agent` and nothing else of the server.
     """
     source = Path(agent_package.__file__).parent
-    files = sorted(p for p in source.glob("*.py"))
+    files = sorted(p for p in source.iterdir() if p.suffix in (".py", ".sh"))
     digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()[:16]
     root = state_dir / "agent" / digest
     if not (root / "orsbox" / "agent" / "__main__.py").exists():

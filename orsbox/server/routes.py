@@ -216,11 +216,11 @@ async def call(request: web.Request) -> web.StreamResponse:
     stream = EventStream(request, request.app[CONFIG].keepalive)
     record = manager.find_call(session, body.task_id) if body.task_id else manager.start_call(
         session, body.name, body.input)
-    await stream.open()
-    if record is None:
-        await stream.send("error", "unknown task_id")
-        return await stream.close()
     try:
+        await stream.open()
+        if record is None:
+            await stream.send("error", "unknown task_id")
+            return await stream.close()
         await stream.send("task_id", record.task_id)
         try:
             result = await stream.wait(record.result)

@@ -1,0 +1,818 @@
+"""Benchmark orsbox against `docker exec` / `docker run` and the unsandboxed openreward reference server.
+
+Everything is measured in the same run, on the same machine, through the same
+HTTP client code for both ORS servers:
+
+- orsbox (`orsbox serve`, every session in its own hardened container);
+- a plain container from orsbox/bash:latest (`docker exec … true`, `docker run --rm … true`);
+- the reference server `openreward.environments.Server` running the host-side twin of
+  the bash environment (tests/support/reference_bash.py), unsandboxed.
+
+Prints a table and writes the raw samples to bench-results/<timestamp>.json.
+Cleans up after itself, also on Ctrl-C or an error: both servers get SIGTERM
+(orsbox removes its containers), the baseline container is removed, and no
+container of this run's orsbox node may remain.
+
+    ./scripts/bench --quick                        # smoke run
+    ./scripts/bench --sessions 20 --calls 200 --concurrency 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+RESULTS_DIR = ROOT / "bench-results"
+STATE_DIR = Path("/tmp/orsbox-bench")
+IMAGE = "orsbox/bash:latest"
+ENV = "bash"
+LOOPBACK = "127.0.0.1"
+BENCH_LABEL = "orsbox.bench"
+
+START_TIMEOUT = 120.0  # s for a server to answer /health
+STOP_TIMEOUT = 60.0  # s for a server to exit after SIGTERM (orsbox removes its containers first)
+REQUEST_TIMEOUT = 30.0  # s for a plain request
+CALL_TIMEOUT = 120.0  # s for a /call stream, including the wait for setup (503s are retried within it)
+DOCKER_TIMEOUT = 120.0  # s for one docker CLI command
+WARMUP_CALLS = 5
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Linear-interpolated percentile (p in 0..100) of `values`; None if empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100.0
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    """Count and percentiles of durations in seconds, reported in milliseconds."""
+    ms = [v * 1000.0 for v in values]
+    return {
+        "n": len(ms),
+        "min_ms": min(ms) if ms else None,
+        "p50_ms": percentile(ms, 50),
+        "p90_ms": percentile(ms, 90),
+        "p99_ms": percentile(ms, 99),
+        "max_ms": max(ms) if ms else None,
+        "mean_ms": sum(ms) / len(ms) if ms else None,
+    }
+
+
+# ---------------------------------------------------------------- the ORS client
+
+
+class BenchError(Exception):
+    """A request that did not give the expected answer."""
+
+
+@dataclass
+class SSEEvent:
+    event: str
+    data: str
+
+
+async def read_sse(response: aiohttp.ClientResponse) -> list[SSEEvent]:
+    """Events until `end` or `error` (parsed as the official client does); then drain to EOF."""
+    events: list[SSEEvent] = []
+    name: str | None = None
+    data: list[str] = []
+    async for raw in response.content:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if name is not None:
+                events.append(SSEEvent(name, "\n".join(data)))
+                if name in ("end", "error"):
+                    await response.read()  # the server closes the stream: keeps the connection reusable
+                    return events
+            name, data = None, []
+            continue
+        if line.startswith(":"):
+            continue  # keepalive comment
+        key, _, value = line.partition(":")
+        value = value.lstrip()
+        if key == "event":
+            name = value
+        elif key == "data":
+            data.append(value)
+    raise BenchError(f"stream ended without end/error after {[e.event for e in events]}")
+
+
+class OrsClient:
+    """The few ORS requests the benchmark makes, with a timeout on each."""
+
+    def __init__(self, http: aiohttp.ClientSession, base_url: str) -> None:
+        self.http = http
+        self.base = base_url.rstrip("/")
+        self.plain_timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+        self.live: set[str] = set()  # ids given to /create and not deleted yet
+
+    async def create_session(self) -> str:
+        """A fresh session id from POST /create_session (SSE: task_id = the id)."""
+        async with self.http.post(f"{self.base}/create_session", json={},
+                                  headers={"Accept": "text/event-stream"}, timeout=self.plain_timeout) as response:
+            if response.status != 200:
+                raise BenchError(f"/create_session: HTTP {response.status}: {(await response.text())[:300]}")
+            events = await read_sse(response)
+        for event in events:
+            if event.event == "task_id" and event.data:
+                return event.data
+        raise BenchError(f"/create_session gave no task_id: {events}")
+
+    async def create(self, sid: str, split: str = "train", index: int = 0) -> None:
+        self.live.add(sid)
+        async with self.http.post(f"{self.base}/create", json={"env_name": ENV, "split": split, "index": index},
+                                  headers={"X-Session-ID": sid}, timeout=self.plain_timeout) as response:
+            body = await response.text()
+            if response.status != 200:
+                raise BenchError(f"/create: HTTP {response.status}: {body[:300]}")
+
+    async def call(self, sid: str, name: str, tool_input: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """One tool call: the result JSON and how many 503 'still starting' answers were retried."""
+        deadline = time.monotonic() + CALL_TIMEOUT
+        retries = 0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"/call {name}: no result within {CALL_TIMEOUT:.0f} s ({retries} retries)")
+            async with self.http.post(f"{self.base}/{ENV}/call", json={"name": name, "input": tool_input},
+                                      headers={"X-Session-ID": sid, "Accept": "text/event-stream"},
+                                      timeout=aiohttp.ClientTimeout(total=left, sock_read=35.0)) as response:
+                if response.status == 503 and response.headers.get("X-Backend-State") == "starting":
+                    await response.read()
+                    retries += 1  # the server already waited (25 s gate): ask again at once
+                    continue
+                if response.status != 200:
+                    raise BenchError(f"/call {name}: HTTP {response.status}: {(await response.text())[:300]}")
+                events = await read_sse(response)
+            last = events[-1]
+            if last.event == "error":
+                raise BenchError(f"/call {name}: error event: {last.data[:300]}")
+            text = "".join(e.data for e in events if e.event in ("chunk", "end"))
+            result = json.loads(text)
+            if not isinstance(result, dict) or result.get("ok") is not True:
+                raise BenchError(f"/call {name}: not ok: {text[:300]}")
+            return result, retries
+
+    async def delete(self, sid: str) -> None:
+        self.live.discard(sid)
+        async with self.http.post(f"{self.base}/delete", headers={"X-Session-ID": sid},
+                                  timeout=aiohttp.ClientTimeout(total=STOP_TIMEOUT)) as response:
+            body = await response.text()
+            if response.status != 200:
+                raise BenchError(f"/delete: HTTP {response.status}: {body[:300]}")
+
+
+async def delete_all(client: OrsClient) -> None:
+    """Delete every session the client still has open, at once."""
+    await asyncio.gather(*[client.delete(sid) for sid in list(client.live)])
+
+
+TRUE_CALL: dict[str, Any] = {"command": "true"}
+
+
+def check_true(result: dict[str, Any]) -> None:
+    metadata = result["output"].get("metadata") or {}
+    if metadata.get("exit_code") != 0:
+        raise BenchError(f"`true` did not exit 0: {json.dumps(result)[:300]}")
+
+
+# ---------------------------------------------------------------- memory
+
+
+def rss_bytes(pid: int) -> int | None:
+    """VmRSS of a process, from /proc/<pid>/status."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def container_memory(container_id: str) -> dict[str, Any]:
+    """Memory of one container: cgroup v1 files if readable, else `docker stats --no-stream`."""
+    for base in (Path("/sys/fs/cgroup/memory/docker") / container_id,
+                 Path("/sys/fs/cgroup/memory/system.slice") / f"docker-{container_id}.scope"):
+        usage = base / "memory.usage_in_bytes"
+        if usage.exists():
+            stat = dict(line.split() for line in (base / "memory.stat").read_text().splitlines())
+            return {"source": "cgroup v1", "usage_bytes": int(usage.read_text()),
+                    "rss_bytes": int(stat.get("total_rss", stat.get("rss", 0))),
+                    "cache_bytes": int(stat.get("total_cache", stat.get("cache", 0))),
+                    "shmem_bytes": int(stat.get("total_shmem", stat.get("shmem", 0)))}
+    for base in (Path("/sys/fs/cgroup/system.slice") / f"docker-{container_id}.scope",
+                 Path("/sys/fs/cgroup/docker") / container_id):
+        current = base / "memory.current"
+        if current.exists():
+            stat = dict(line.split() for line in (base / "memory.stat").read_text().splitlines())
+            return {"source": "cgroup v2", "usage_bytes": int(current.read_text()),
+                    "rss_bytes": int(stat.get("anon", 0)), "cache_bytes": int(stat.get("file", 0)),
+                    "shmem_bytes": int(stat.get("shmem", 0))}
+    out = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", container_id).stdout.strip()
+    return {"source": "docker stats", "usage_bytes": parse_docker_size(out.split("/")[0]) if out else None,
+            "rss_bytes": None, "cache_bytes": None, "shmem_bytes": None}
+
+
+def parse_docker_size(text: str) -> int | None:
+    units = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+    text = text.strip().lower()
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit):
+            with contextlib.suppress(ValueError):
+                return int(float(text[: -len(unit)]) * units[unit])
+    return None
+
+
+# ---------------------------------------------------------------- docker CLI
+
+
+def docker(*args: str, check: bool = True, timeout: float = DOCKER_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
+                            stdin=subprocess.DEVNULL)
+    if check and result.returncode != 0:
+        raise BenchError(f"docker {' '.join(args[:3])}…: exit {result.returncode}: {result.stderr.strip()[:300]}")
+    return result
+
+
+def containers_with(*labels: str) -> list[str]:
+    filters = [arg for label in labels for arg in ("--filter", f"label={label}")]
+    return docker("ps", "-aq", "--no-trunc", *filters).stdout.split()
+
+
+# ---------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    exit_code: int | None = None
+    stop_seconds: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log_path, "wb") as log:
+            # Own session: a Ctrl-C reaches the bench only, which then stops the server with SIGTERM.
+            self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT) -> float:
+        """Seconds until GET /health answered 200."""
+        assert self.proc is not None
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.name} exited with {self.proc.returncode} at start; "
+                                 f"log {self.log_path}:\n{tail(self.log_path)}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return time.monotonic() - started
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise BenchError(f"{self.name} did not answer /health within {timeout:.0f} s; log {self.log_path}")
+
+    def stop(self) -> None:
+        """SIGTERM and wait; SIGKILL only if it does not exit in time."""
+        if self.proc is None or self.proc.poll() is not None:
+            if self.proc is not None:
+                self.exit_code = self.proc.returncode
+            return
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.exit_code = self.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            print(f"warning: {self.name} did not exit {STOP_TIMEOUT:.0f} s after SIGTERM; killing it",
+                  file=sys.stderr)
+            self.proc.kill()
+            self.exit_code = self.proc.wait()
+        self.stop_seconds = time.monotonic() - started
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def orsbox_log_findings(path: Path) -> dict[str, Any]:
+    """Warnings and errors orsbox logged (JSON lines), counted by event."""
+    counts: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    other = 0
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            other += 1
+            continue
+        if isinstance(record, dict) and record.get("level") in ("warning", "error", "critical", "exception"):
+            key = f"{record.get('level')}:{record.get('event')}"
+            counts[key] += 1
+            examples.setdefault(key, line[:400])
+    return {"counts": dict(counts), "examples": examples, "non_json_lines": other}
+
+
+# ---------------------------------------------------------------- measuring an ORS server
+
+
+@dataclass
+class Run:
+    """What one ORS server measured; durations in seconds."""
+
+    create_session: list[float] = field(default_factory=list)
+    create_request: list[float] = field(default_factory=list)
+    create_to_first: list[float] = field(default_factory=list)
+    first_call_503_retries: list[int] = field(default_factory=list)
+    delete: list[float] = field(default_factory=list)
+    call_rtt: list[float] = field(default_factory=list)
+    concurrent_total: float | None = None
+    concurrent_each: list[float] = field(default_factory=list)
+    concurrent_delete_total: float | None = None
+    rss_idle: int | None = None
+    rss_with_k: int | None = None
+    rss_after: int | None = None
+    containers: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+async def phase(run: Run, name: str, coro: Awaitable[None]) -> None:
+    """Run one measurement; an error is recorded and the next phase still runs."""
+    print(f"  {name} …", file=sys.stderr, flush=True)
+    try:
+        await coro
+    except (BenchError, aiohttp.ClientError, TimeoutError, json.JSONDecodeError, OSError) as exc:
+        message = f"{name}: {type(exc).__name__}: {exc}"
+        run.errors.append(message)
+        print(f"  ! {message}", file=sys.stderr, flush=True)
+
+
+async def measure_server(server: ServerProcess, sessions: int, calls: int, concurrency: int,
+                         container_ids: Callable[[], list[str]] | None) -> Run:
+    run = Run()
+    assert server.proc is not None
+    pid = server.proc.pid
+    connector = aiohttp.TCPConnector(limit=max(32, 4 * concurrency))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        client = OrsClient(http, server.url)
+        run.rss_idle = rss_bytes(pid)
+
+        async def open_session() -> tuple[str, float]:
+            """create_session → create → first `true`; the seconds from POST /create to the end event."""
+            t0 = time.perf_counter()
+            sid = await client.create_session()
+            t1 = time.perf_counter()
+            await client.create(sid)
+            t2 = time.perf_counter()
+            result, retries = await client.call(sid, "bash", TRUE_CALL)
+            t3 = time.perf_counter()
+            check_true(result)
+            run.create_session.append(t1 - t0)
+            run.create_request.append(t2 - t1)
+            run.first_call_503_retries.append(retries)
+            return sid, t3 - t1
+
+        async def sequential() -> None:
+            for _ in range(sessions):
+                sid, seconds = await open_session()
+                run.create_to_first.append(seconds)
+                t0 = time.perf_counter()
+                await client.delete(sid)
+                run.delete.append(time.perf_counter() - t0)
+
+        async def round_trips() -> None:
+            sid, _ = await open_session()
+            try:
+                for _ in range(WARMUP_CALLS):
+                    await client.call(sid, "bash", TRUE_CALL)
+                for _ in range(calls):
+                    t0 = time.perf_counter()
+                    result, _ = await client.call(sid, "bash", TRUE_CALL)
+                    run.call_rtt.append(time.perf_counter() - t0)
+                    check_true(result)
+            finally:
+                await client.delete(sid)
+
+        async def concurrent() -> None:
+            t0 = time.perf_counter()
+            outcomes = await asyncio.gather(*(open_session() for _ in range(concurrency)), return_exceptions=True)
+            run.concurrent_total = time.perf_counter() - t0
+            run.concurrent_each = [o[1] for o in outcomes if isinstance(o, tuple)]
+            failures = [o for o in outcomes if isinstance(o, BaseException)]
+            try:
+                await asyncio.sleep(1.0)  # let the sessions settle before sampling memory
+                run.rss_with_k = rss_bytes(pid)
+                if container_ids is not None:
+                    for cid in await asyncio.to_thread(container_ids):
+                        memory = await asyncio.to_thread(container_memory, cid)
+                        run.containers.append({"id": cid[:12], **memory})
+            finally:
+                t1 = time.perf_counter()
+                await delete_all(client)
+                run.concurrent_delete_total = time.perf_counter() - t1
+            if failures:
+                raise BenchError(f"{len(failures)} of {concurrency} concurrent sessions failed: {failures[0]!r}")
+
+        await phase(run, f"{server.name}: {sessions} sessions, create → first result, delete", sequential())
+        await phase(run, f"{server.name}: {calls} `bash true` calls in one session", round_trips())
+        await phase(run, f"{server.name}: {concurrency} sessions at once", concurrent())
+        if client.live:  # sessions a failed phase left open
+            run.errors.append(f"{len(client.live)} session(s) left open by a failed phase; deleting them")
+            await phase(run, f"{server.name}: deleting leftovers", delete_all(client))
+        await asyncio.sleep(1.0)
+        run.rss_after = rss_bytes(pid)
+    return run
+
+
+# ---------------------------------------------------------------- docker baseline
+
+
+@dataclass
+class Baseline:
+    exec_cli: list[float] = field(default_factory=list)
+    exec_api: list[float] = field(default_factory=list)
+    run_cli: list[float] = field(default_factory=list)
+    container_memory: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def measure_baseline(sessions: int, calls: int, run_label: str) -> Baseline:
+    """`docker exec <id> true` against a sleeping container, and `docker run --rm … true`."""
+    baseline = Baseline()
+    labels = ["--label", f"{BENCH_LABEL}=1", "--label", f"{BENCH_LABEL}.run={run_label}"]
+    name = f"orsbox-bench-{run_label}"
+    print("  docker exec / docker run baseline …", file=sys.stderr, flush=True)
+    try:
+        cid = docker("run", "-d", "--name", name, "--network", "none", *labels, IMAGE,
+                     "sleep", "infinity").stdout.strip()
+        for _ in range(WARMUP_CALLS):
+            docker("exec", cid, "true")
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            docker("exec", cid, "true")
+            baseline.exec_cli.append(time.perf_counter() - t0)
+        baseline.exec_api = exec_via_api(cid, calls)
+        baseline.container_memory = container_memory(cid)
+        for _ in range(sessions):
+            t0 = time.perf_counter()
+            docker("run", "--rm", "--network", "none", *labels, IMAGE, "true")
+            baseline.run_cli.append(time.perf_counter() - t0)
+    except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
+        baseline.errors.append(f"baseline: {type(exc).__name__}: {exc}")
+        print(f"  ! {baseline.errors[-1]}", file=sys.stderr, flush=True)
+    finally:
+        remove_bench_containers(run_label)
+    return baseline
+
+
+def exec_via_api(container_id: str, calls: int) -> list[float]:
+    """`true` through the Engine API (docker-py: exec_create + exec_start), as a server would."""
+    try:
+        import docker as docker_py
+    except ImportError:
+        return []
+    client = docker_py.from_env(timeout=int(DOCKER_TIMEOUT))
+    try:
+        samples = []
+        for i in range(WARMUP_CALLS + calls):
+            t0 = time.perf_counter()
+            exec_id = client.api.exec_create(container_id, ["true"])["Id"]
+            client.api.exec_start(exec_id)
+            if i >= WARMUP_CALLS:
+                samples.append(time.perf_counter() - t0)
+        return samples
+    finally:
+        client.close()
+
+
+def remove_bench_containers(run_label: str) -> None:
+    with contextlib.suppress(BenchError, subprocess.TimeoutExpired, OSError):
+        ids = containers_with(f"{BENCH_LABEL}.run={run_label}")
+        if ids:
+            docker("rm", "-f", *ids, check=False)
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt_ms(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def pair(stats: dict[str, Any], a: str, b: str) -> str:
+    if not stats.get("n"):
+        return "–"
+    return f"{fmt_ms(stats[a])} / {fmt_ms(stats[b])}"
+
+
+def mib(value: float | None) -> str:
+    return "–" if value is None else f"{value / 1024**2:.1f}"
+
+
+def per_session(run: dict[str, Any], k: int) -> float | None:
+    if run["rss_with_k"] is None or run["rss_idle"] is None or not k:
+        return None
+    return float(run["rss_with_k"] - run["rss_idle"]) / k
+
+
+def render_table(results: dict[str, Any]) -> str:
+    o, r, b = results["orsbox"], results["reference"], results["baseline"]
+    k = results["config"]["concurrency"]
+    containers = o["containers"]
+    usage = [c["usage_bytes"] for c in containers if c.get("usage_bytes") is not None]
+    rss = [c["rss_bytes"] for c in containers if c.get("rss_bytes") is not None]
+    o_sum, r_sum, b_sum = o["summary"], r["summary"], b["summary"]
+    rows = [
+        ("create → first result, p50 / p90 (ms)", pair(o_sum["create_to_first"], "p50_ms", "p90_ms"),
+         "run --rm true: " + pair(b_sum["run_cli"], "p50_ms", "p90_ms"),
+         pair(r_sum["create_to_first"], "p50_ms", "p90_ms")),
+        ("  of which POST /create answer, p50 (ms)", fmt_ms(o_sum["create_request"]["p50_ms"]), "",
+         fmt_ms(r_sum["create_request"]["p50_ms"])),
+        ("`bash true` round trip, p50 / p99 (ms)", pair(o_sum["call_rtt"], "p50_ms", "p99_ms"),
+         "exec CLI: " + pair(b_sum["exec_cli"], "p50_ms", "p99_ms"), pair(r_sum["call_rtt"], "p50_ms", "p99_ms")),
+        ("", "", "exec API: " + pair(b_sum["exec_api"], "p50_ms", "p99_ms"), ""),
+        ("delete, p50 / p90 (ms)", pair(o_sum["delete"], "p50_ms", "p90_ms"), "",
+         pair(r_sum["delete"], "p50_ms", "p90_ms")),
+        (f"{k} sessions at once → all first results (ms)", fmt_ms(sec_ms(o["concurrent_total"])), "",
+         fmt_ms(sec_ms(r["concurrent_total"]))),
+        (f"  slowest / median of the {k} (ms)",
+         f"{fmt_ms(o_sum['concurrent_each']['max_ms'])} / {fmt_ms(o_sum['concurrent_each']['p50_ms'])}", "",
+         f"{fmt_ms(r_sum['concurrent_each']['max_ms'])} / {fmt_ms(r_sum['concurrent_each']['p50_ms'])}"),
+        (f"  deleting the {k} at once (ms)", fmt_ms(sec_ms(o["concurrent_delete_total"])), "",
+         fmt_ms(sec_ms(r["concurrent_delete_total"]))),
+        ("server RSS idle / with K / after (MiB)",
+         f"{mib(o['rss_idle'])} / {mib(o['rss_with_k'])} / {mib(o['rss_after'])}", "",
+         f"{mib(r['rss_idle'])} / {mib(r['rss_with_k'])} / {mib(r['rss_after'])}"),
+        ("server RSS per open session (MiB)", mib(per_session(o, k)), "", mib(per_session(r, k))),
+        ("container memory per session, usage / rss (MiB)",
+         f"{mib(avg(usage))} / {mib(avg(rss))}" if usage else "–",
+         f"sleep: {mib(b['container_memory'].get('usage_bytes'))} / {mib(b['container_memory'].get('rss_bytes'))}",
+         "(no container)"),
+    ]
+    headers = ("metric", "orsbox (container/session)", "docker exec / docker run", "reference (unsandboxed)")
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(4)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return " | ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+
+    out = [line(headers), "-+-".join("-" * w for w in widths)]
+    out.extend(line(row) for row in rows)
+    return "\n".join(out)
+
+
+def sec_ms(value: float | None) -> float | None:
+    return None if value is None else value * 1000.0
+
+
+def avg(values: list[int]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def run_to_json(run: Run) -> dict[str, Any]:
+    data = {k: v for k, v in run.__dict__.items()}
+    data["summary"] = {name: summary(getattr(run, name)) for name in
+                       ("create_session", "create_request", "create_to_first", "delete", "call_rtt",
+                        "concurrent_each")}
+    return data
+
+
+def baseline_to_json(baseline: Baseline) -> dict[str, Any]:
+    data = {k: v for k, v in baseline.__dict__.items()}
+    data["summary"] = {name: summary(getattr(baseline, name)) for name in ("exec_cli", "exec_api", "run_cli")}
+    return data
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"python": platform.python_version(), "kernel": platform.release(),
+                            "cpus": os.cpu_count(), "host": platform.node()}
+    with contextlib.suppress(BenchError, subprocess.TimeoutExpired, OSError):
+        info["docker"] = docker("version", "--format", "{{.Server.Version}}").stdout.strip()
+        info["docker_info"] = docker("info", "--format", "{{.CgroupVersion}} {{.CgroupDriver}} {{.Driver}}"
+                                     ).stdout.strip()
+    with contextlib.suppress(subprocess.SubprocessError, OSError):
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                            text=True, timeout=10).stdout.strip()
+    return info
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, help="sequential sessions for create/delete timings (default 20)")
+    parser.add_argument("--calls", type=int, help="`bash true` calls for the round-trip timing (default 200)")
+    parser.add_argument("--concurrency", type=int, help="sessions created at once (default 8)")
+    parser.add_argument("--quick", action="store_true", help="small numbers for a smoke run (3 / 20 / 3)")
+    parser.add_argument("--port", type=int, help="orsbox's port (default: a free one); the reference uses another")
+    parser.add_argument("--reference-port", type=int, help="the reference server's port (default: a free one)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON results")
+    args = parser.parse_args(argv)
+    quick = {"sessions": 3, "calls": 20, "concurrency": 3}
+    default = {"sessions": 20, "calls": 200, "concurrency": 8}
+    for name in default:
+        if getattr(args, name) is None:
+            setattr(args, name, (quick if args.quick else default)[name])
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    return args
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """SIGTERM interrupts the bench like Ctrl-C, so the same cleanup runs."""
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("docker") is None:
+        print("error: the docker CLI is needed for the baseline", file=sys.stderr)
+        return 2
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_label = f"{stamp.lower()}-{secrets.token_hex(3)}"
+    node_id = f"bench-{run_label}"  # this run's orsbox containers, and only them, carry orsbox.node=<node_id>
+    args.out.mkdir(parents=True, exist_ok=True)
+    logs = args.out / f"{stamp}-logs"
+    logs.mkdir(exist_ok=True)
+
+    orsbox_port = args.port or free_port()
+    reference_port = args.reference_port or free_port()
+    while reference_port == orsbox_port:
+        reference_port = free_port()
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("ORSBOX_")}
+    orsbox = ServerProcess(
+        "orsbox", [str(VENV_BIN / "orsbox"), "serve", "--host", LOOPBACK, "--port", str(orsbox_port)],
+        {**base_env, "ORSBOX_STATE_DIR": str(STATE_DIR), "ORSBOX_NODE_ID": node_id},
+        orsbox_port, logs / "orsbox.log")
+    reference = ServerProcess(
+        "reference", [sys.executable, "-m", "tests.support.reference_bash", "--port", str(reference_port)],
+        {**base_env, "OPENREWARD_DISABLE_UPDATE_CHECK": "1", "PYTHONPATH": str(ROOT)},
+        reference_port, logs / "reference.log")
+
+    results: dict[str, Any] = {
+        "timestamp": stamp,
+        "config": {"sessions": args.sessions, "calls": args.calls, "concurrency": args.concurrency,
+                   "task": {"split": "train", "index": 0}, "orsbox_port": orsbox_port,
+                   "reference_port": reference_port, "orsbox_node_id": node_id, "state_dir": str(STATE_DIR)},
+        "machine": machine_info(),
+    }
+    managed_before = containers_with("orsbox.managed")
+    status = 0
+    interrupted = False
+    try:
+        with terminate_on_sigterm():
+            print(f"starting orsbox on {orsbox.url} and the reference on {reference.url} (logs in {logs})",
+                  file=sys.stderr, flush=True)
+            orsbox.start()
+            reference.start()
+            results["startup_seconds"] = {"orsbox": orsbox.wait_healthy(), "reference": reference.wait_healthy()}
+
+            def my_session_containers() -> list[str]:
+                return containers_with(f"orsbox.node={node_id}", "orsbox.role=session")
+
+            print("measuring orsbox", file=sys.stderr, flush=True)
+            results["orsbox"] = run_to_json(asyncio.run(measure_server(
+                orsbox, args.sessions, args.calls, args.concurrency, my_session_containers)))
+            results["orsbox"]["containers_left_after_deletes"] = len(my_session_containers())
+            print("measuring the reference server", file=sys.stderr, flush=True)
+            results["reference"] = run_to_json(asyncio.run(measure_server(
+                reference, args.sessions, args.calls, args.concurrency, None)))
+            print("measuring docker", file=sys.stderr, flush=True)
+            results["baseline"] = baseline_to_json(measure_baseline(args.sessions, args.calls, run_label))
+    except KeyboardInterrupt:
+        interrupted = True
+        status = 130
+        print("\ninterrupted: cleaning up", file=sys.stderr, flush=True)
+    except BenchError as exc:
+        status = 1
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+    finally:
+        results["cleanup"] = cleanup(orsbox, reference, run_label, node_id, managed_before)
+        results["orsbox_log"] = orsbox_log_findings(orsbox.log_path)
+    if results["cleanup"]["problems"]:
+        status = status or 1
+
+    path = args.out / f"{stamp}.json"
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if not interrupted and all(key in results for key in ("orsbox", "reference", "baseline")):
+        print()
+        print(render_table(results))
+        print()
+        errors = [*results["orsbox"]["errors"], *results["reference"]["errors"], *results["baseline"]["errors"]]
+        for message in errors:
+            print(f"error during the run: {message}")
+        if errors:
+            status = status or 1
+    findings = results["orsbox_log"]["counts"]
+    if findings:
+        print("orsbox logged: " + ", ".join(f"{k} ×{v}" for k, v in sorted(findings.items())))
+    for note in results["cleanup"]["notes"]:
+        print(f"note: {note}")
+    for problem in results["cleanup"]["problems"]:
+        print(f"cleanup problem: {problem}")
+    print(f"results: {path}")
+    return status
+
+
+def cleanup(orsbox: ServerProcess, reference: ServerProcess, run_label: str, node_id: str,
+            managed_before: list[str]) -> dict[str, Any]:
+    """Stop both servers (SIGTERM), remove the baseline container, check no container of this run is left.
+
+    Runs with SIGINT/SIGTERM ignored, so a second Ctrl-C cannot cut it short.
+    """
+    problems: list[str] = []
+    notes: list[str] = []
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for server in (orsbox, reference):
+            try:
+                server.stop()
+            except OSError as exc:
+                problems.append(f"{server.name} could not be stopped: {exc}")
+        remove_bench_containers(run_label)
+        try:
+            leftover = containers_with(f"orsbox.node={node_id}")
+            if leftover:
+                problems.append(f"{len(leftover)} container(s) of this orsbox run remained after it exited "
+                                f"(removed now): {[c[:12] for c in leftover]}")
+                docker("rm", "-f", *leftover, check=False)
+            if containers_with(f"{BENCH_LABEL}.run={run_label}"):
+                problems.append("the baseline container could not be removed")
+            managed_now = containers_with("orsbox.managed")
+            if managed_now:
+                notes.append(f"{len(managed_now)} orsbox.managed container(s) exist that are not this run's "
+                             f"(another orsbox on this engine?), left alone: {[c[:12] for c in managed_now]}")
+        except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
+            problems.append(f"could not list containers: {exc}")
+            managed_now = []
+        return {
+            "orsbox_exit_code": orsbox.exit_code, "orsbox_stop_seconds": orsbox.stop_seconds,
+            "reference_exit_code": reference.exit_code, "reference_stop_seconds": reference.stop_seconds,
+            "managed_containers_before": len(managed_before), "managed_containers_after": len(managed_now),
+            "problems": problems, "notes": notes,
+        }
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
