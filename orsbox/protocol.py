@@ -44,17 +44,24 @@ class CreateBody(Body):
 
     @model_validator(mode="after")
     def one_way_to_name_the_task(self) -> CreateBody:
-        by_index = self.split is not None or self.index is not None
-        if self.task_spec is not None and by_index:
-            raise ValueError("Provide either task_spec or split+index, not both")
-        if self.task_spec is None and (self.split is None or self.index is None):
-            raise ValueError("Provide either task_spec or both split and index")
+        """Exactly one of task_spec or split+index (the reference's checks and messages)."""
+        has_spec = self.task_spec is not None
+        has_index = self.split is not None and self.index is not None
+        if has_spec == has_index:
+            raise ValueError("Provide either task_spec or both split and index, not both/neither")
+        if (self.split is None) != (self.index is None):
+            raise ValueError("split and index must both be provided together")
         return self
 
 
 class CallBody(Body):
     name: str
     input: JSONObject
+    task_id: str | None = None
+
+
+class ScoreGroupBody(Body):
+    candidates: list[Any]
     task_id: str | None = None
 
 

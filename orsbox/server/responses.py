@@ -13,4 +13,7 @@ def compact_json(value: Any) -> str:
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(data, status=status, headers=headers, dumps=compact_json)
+    """`Content-Type: application/json` exactly (no charset parameter), as the reference sends it."""
+    response = web.Response(body=compact_json(data).encode(), status=status, headers=headers)
+    response.content_type = "application/json"
+    return response

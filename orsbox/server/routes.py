@@ -14,10 +14,11 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from .. import __version__
-from ..errors import BadRequest, BadSecrets, InvalidBody, MissingSessionId, OrsboxError
+from ..errors import BadRequest, BadSecrets, InvalidBody, MissingSessionId, NotFound, OrsboxError
 from ..protocol import (
     CallBody,
     CreateBody,
+    ScoreGroupBody,
     SplitBody,
     TaskBody,
     TaskRangeBody,
@@ -54,10 +55,11 @@ async def read_json(request: web.Request) -> Any:
 
 def validate(model: type[M], data: Any) -> M:
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, from_attributes=True)  # FastAPI's error for a non-object body
     except ValidationError as exc:
         errors = [{**error, "loc": ["body", *error["loc"]]} for error in exc.errors(include_url=False)]
-        raise InvalidBody(json.loads(json.dumps(errors, default=str))) from None
+        # FastAPI's encoder turns the exception objects in `ctx` into {}: do the same.
+        raise InvalidBody(json.loads(json.dumps(errors, default=lambda _: {}))) from None
 
 
 def session_id(request: web.Request) -> str:
@@ -196,6 +198,15 @@ async def messages(request: web.Request) -> web.Response:
     manager = request.app[SESSIONS]
     session = await manager.ready(session_id(request), api_key(request))
     return json_response([{"role": "user", "blocks": await manager.prompt(session), "detail": None}])
+
+
+@routes.post("/{env}/score_group")
+async def score_group(request: web.Request) -> web.Response:
+    """No orsbox environment scores groups yet: 404 once the session is ready, as the reference answers."""
+    raw = await read_json(request)
+    await request.app[SESSIONS].ready(session_id(request), api_key(request))
+    validate(ScoreGroupBody, raw)
+    raise NotFound(f"Environment {request.match_info['env']!r} does not implement score_group")
 
 
 @routes.get("/{env}/task_tools")
