@@ -126,7 +126,7 @@ async def test_a_result_over_a_megabyte_reassembles_exactly(aiohttp_client: Any,
             return str(out.blocks[0].text)
 
     text = await in_thread(big)
-    assert text == "".join("%07d é€😀 \t\n" % i for i in range(100000))
+    assert text == "".join(f"{i:07d} é€😀 \t\n" for i in range(100000))
     assert len(text.encode()) > 1_500_000
 
 
