@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -36,6 +36,13 @@ class TaskRangeBody(Body):
 
 
 class CreateBody(Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [  # the validator below, as JSON Schema
+        {"required": ["task_spec"], "properties": {
+            "task_spec": {"type": "object"}, "split": {"type": "null"}, "index": {"type": "null"}}},
+        {"required": ["split", "index"], "properties": {
+            "task_spec": {"type": "null"}, "split": {"type": "string"}, "index": {"type": "integer"}}},
+    ]})
+
     env_name: str | None = None
     task_spec: JSONObject | None = None
     split: str | None = None
@@ -109,3 +116,78 @@ def parse_secrets(header: str | None) -> dict[str, str]:
             raise ValueError(f"X-Secrets entry {name!r} must be an object with a string 'value'")
         secrets[name] = value
     return secrets
+
+
+# ---------------------------------------------------------------- answers (documented in /openapi.json)
+
+
+class StatusAnswer(BaseModel):
+    status: str
+
+
+class VersionAnswer(BaseModel):
+    version: str
+    build_sha: str | None
+
+
+class TextBlock(BaseModel):
+    text: str
+    detail: JSONObject | None = None
+    type: Literal["text"] = "text"
+
+
+class ImageBlock(BaseModel):
+    data: str
+    mimeType: str  # noqa: N815 - the ORS field name
+    detail: JSONObject | None = None
+    type: Literal["image"] = "image"
+
+
+Blocks = list[TextBlock | ImageBlock]
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    blocks: list[JSONObject]
+    detail: JSONObject | None = None
+
+
+class ListToolsAnswer(BaseModel):
+    tools: list[ToolSpec]
+    terminal_tool: JSONObject | None = None
+    supports_score_group: bool = False
+    message_block_types: list[str]
+
+
+class TasksAnswer(BaseModel):
+    tasks: list[JSONObject]
+    env_name: str
+
+
+class NumTasksAnswer(BaseModel):
+    num_tasks: int
+
+
+class TaskAnswer(BaseModel):
+    task: JSONObject
+    env_name: str
+
+
+class SidAnswer(BaseModel):
+    sid: str
+
+
+class ErrorAnswer(BaseModel):
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    type: str
+    loc: list[str | int]
+    msg: str
+    input: Any = None
+    ctx: JSONObject | None = None
+
+
+class ValidationErrorAnswer(BaseModel):
+    detail: list[ValidationIssue]

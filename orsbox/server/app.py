@@ -15,7 +15,7 @@ from ..sandbox.docker import DockerBackend
 from ..sessions import SessionManager
 from .keys import BACKEND, CATALOG, CONFIG, SESSIONS
 from .middleware import errors_to_http, redirect_bare_paths, request_context
-from .routes import routes
+from .routes import api
 
 log = structlog.get_logger()
 
@@ -28,7 +28,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         middlewares=[request_context, errors_to_http, redirect_bare_paths], client_max_size=MAX_BODY_BYTES
     )
     app[CONFIG] = config
-    app.add_routes(routes)
+    app.add_routes(api.routes)
 
     async def sandbox(app: web.Application) -> AsyncIterator[None]:
         app[BACKEND] = backend or await DockerBackend.connect(

@@ -63,7 +63,7 @@ async def redirect_bare_paths(request: web.Request, handler: Handler) -> web.Str
     first = request.path.lstrip("/").split("/", 1)[0]
     catalog = request.app[CATALOG]
     if first and first not in ROOT_ROUTES and not catalog.is_environment(first) and catalog.default:
-        return redirect(308, _with_query(f"/{catalog.default}{request.path}", request))
+        return redirect(308, f"/{catalog.default}{request.raw_path}")  # raw: still percent-encoded, with query
     if request.path != "/" and request.path.endswith("/") and request.match_info.http_exception is not None:
         return redirect(307, str(request.url.with_path(request.path.rstrip("/"))))
     return await handler(request)
@@ -73,6 +73,3 @@ def redirect(status: int, location: str) -> web.Response:
     """An empty redirect, as the reference sends it (no Content-Type; 308 and 307 keep POST bodies)."""
     return web.Response(status=status, headers={"Location": location})
 
-
-def _with_query(path: str, request: web.Request) -> str:
-    return f"{path}?{request.query_string}" if request.query_string else path

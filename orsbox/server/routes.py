@@ -16,20 +16,32 @@ from pydantic import BaseModel, ValidationError
 from .. import __version__
 from ..errors import BadRequest, BadSecrets, InvalidBody, MissingSessionId, NotFound, OrsboxError
 from ..protocol import (
+    Blocks,
     CallBody,
     CreateBody,
+    ListToolsAnswer,
+    Message,
+    NumTasksAnswer,
     ScoreGroupBody,
+    SidAnswer,
+    Split,
     SplitBody,
+    StatusAnswer,
+    TaskAnswer,
     TaskBody,
     TaskRangeBody,
+    TasksAnswer,
+    VersionAnswer,
     list_tools_answer,
     parse_secrets,
 )
 from .keys import CATALOG, CONFIG, SESSIONS
+from .openapi import SSE, Api, openapi_document
 from .responses import json_response
 from .sse import EventStream
 
-routes = web.RouteTableDef()
+api = Api()
+GATED = (404, 410, 500, 502, 503)  # what waiting for a session's readiness can answer
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -76,60 +88,75 @@ def api_key(request: web.Request) -> str | None:
 # ---------------------------------------------------------------- service
 
 
-@routes.get("/health")
+@api.get("/health", answer=StatusAnswer)
 async def health(request: web.Request) -> web.Response:
+    """Liveness: answers without touching Docker."""
     return json_response({"status": "ok"})
 
 
-@routes.get("/version")
+@api.get("/version", answer=VersionAnswer)
 async def version(request: web.Request) -> web.Response:
+    """orsbox's version."""
     return json_response({"version": __version__, "build_sha": None})
+
+
+@api.get("/openapi.json", answer=dict[str, Any])
+async def openapi(request: web.Request) -> web.Response:
+    """This API's OpenAPI 3.1 description, generated from the models the routes use."""
+    return json_response(openapi_document(api, title="orsbox", version=__version__))
 
 
 # ---------------------------------------------------------------- discovery
 
 
-@routes.get("/list_environments")
+@api.get("/list_environments", answer=list[str])
 async def list_environments(request: web.Request) -> web.Response:
+    """Names of the environments served, the default first."""
     return json_response(request.app[CATALOG].names())
 
 
-@routes.get("/{env}/tools")
+@api.get("/{env}/tools", answer=ListToolsAnswer, errors=(404,))
 async def tools(request: web.Request) -> web.Response:
+    """The environment's shared tools."""
     env = request.app[CATALOG].get(request.match_info["env"])
     return json_response(list_tools_answer(env.tools))
 
 
-@routes.get("/{env}/splits")
+@api.get("/{env}/splits", answer=list[Split], errors=(404,))
 async def splits(request: web.Request) -> web.Response:
+    """The environment's task splits."""
     return json_response(request.app[CATALOG].get(request.match_info["env"]).splits)
 
 
-@routes.post("/{env}/tasks")
+@api.post("/{env}/tasks", body=SplitBody, answer=TasksAnswer, errors=(400, 404))
 async def tasks(request: web.Request) -> web.Response:
+    """Every task of a split."""
     body = validate(SplitBody, await read_json(request))
     env_name = request.match_info["env"]
     env = request.app[CATALOG].get(env_name)
     return json_response({"tasks": env.split_tasks(body.split), "env_name": env_name})
 
 
-@routes.post("/{env}/num_tasks")
+@api.post("/{env}/num_tasks", body=SplitBody, answer=NumTasksAnswer, errors=(400, 404))
 async def num_tasks(request: web.Request) -> web.Response:
+    """How many tasks a split has."""
     body = validate(SplitBody, await read_json(request))
     env = request.app[CATALOG].get(request.match_info["env"])
     return json_response({"num_tasks": len(env.split_tasks(body.split))})
 
 
-@routes.post("/{env}/task")
+@api.post("/{env}/task", body=TaskBody, answer=TaskAnswer, errors=(400, 404))
 async def task(request: web.Request) -> web.Response:
+    """One task of a split, by Python index (-1 is the last)."""
     body = validate(TaskBody, await read_json(request))
     env_name = request.match_info["env"]
     env = request.app[CATALOG].get(env_name)
     return json_response({"task": env.task(body.split, body.index), "env_name": env_name})
 
 
-@routes.post("/{env}/task_range")
+@api.post("/{env}/task_range", body=TaskRangeBody, answer=TasksAnswer, errors=(400, 404))
 async def task_range(request: web.Request) -> web.Response:
+    """Tasks of a split by slice: start inclusive, stop exclusive, negatives from the end."""
     body = validate(TaskRangeBody, await read_json(request))
     env_name = request.match_info["env"]
     env = request.app[CATALOG].get(env_name)
@@ -139,7 +166,7 @@ async def task_range(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- sessions
 
 
-@routes.post("/create_session")
+@api.post("/create_session", answer=SSE)
 async def create_session(request: web.Request) -> web.StreamResponse:
     """Mint a session id, answered as SSE (`task_id` = the id, then an empty `end`) as the client needs."""
     stream = EventStream(request, request.app[CONFIG].keepalive)
@@ -149,8 +176,9 @@ async def create_session(request: web.Request) -> web.StreamResponse:
     return await stream.close()
 
 
-@routes.post("/create")
+@api.post("/create", body=CreateBody, answer=SidAnswer, session=True, errors=(404,))
 async def create(request: web.Request) -> web.Response:
+    """Open an episode: answers at once; the session's container starts in the background."""
     raw = await read_json(request)
     sid = session_id(request)
     body = validate(CreateBody, raw)
@@ -164,35 +192,39 @@ async def create(request: web.Request) -> web.Response:
     return json_response({"sid": sid})
 
 
-@routes.post("/ping")
+@api.post("/ping", answer=StatusAnswer, session=True, errors=(404, 410))
 async def ping(request: web.Request) -> web.Response:
+    """Keep the session alive (resets its idle clock)."""
     request.app[SESSIONS].get(session_id(request), api_key(request))
     return json_response({"status": "ok"})
 
 
-@routes.post("/delete")
+@api.post("/delete", answer=SidAnswer, session=True)
 async def delete(request: web.Request) -> web.Response:
+    """End the episode: tears the environment down and removes its container. Idempotent."""
     sid = session_id(request)
     await request.app[SESSIONS].delete(sid, api_key(request))
     return json_response({"sid": sid})
 
 
-@routes.post("/delete_session")
+@api.post("/delete_session", answer=SidAnswer, session=True)
 async def delete_session(request: web.Request) -> web.Response:
+    """Accepted for client compatibility; does nothing."""
     return json_response({"sid": session_id(request)})
 
 
 # ---------------------------------------------------------------- episode
 
 
-@routes.get("/{env}/prompt")
+@api.get("/{env}/prompt", answer=Blocks, session=True, errors=GATED)
 async def prompt(request: web.Request) -> web.Response:
+    """The task's prompt blocks, once the session is set up."""
     manager = request.app[SESSIONS]
     session = await manager.ready(session_id(request), api_key(request))
     return json_response(await manager.prompt(session))
 
 
-@routes.get("/{env}/messages")
+@api.get("/{env}/messages", answer=list[Message], session=True, errors=GATED)
 async def messages(request: web.Request) -> web.Response:
     """The prompt as one user message (environments here have no conversation form)."""
     manager = request.app[SESSIONS]
@@ -200,7 +232,7 @@ async def messages(request: web.Request) -> web.Response:
     return json_response([{"role": "user", "blocks": await manager.prompt(session), "detail": None}])
 
 
-@routes.post("/{env}/score_group")
+@api.post("/{env}/score_group", body=ScoreGroupBody, answer=SSE, session=True, errors=GATED)
 async def score_group(request: web.Request) -> web.Response:
     """No orsbox environment scores groups yet: 404 once the session is ready, as the reference answers."""
     raw = await read_json(request)
@@ -209,15 +241,16 @@ async def score_group(request: web.Request) -> web.Response:
     raise NotFound(f"Environment {request.match_info['env']!r} does not implement score_group")
 
 
-@routes.get("/{env}/task_tools")
+@api.get("/{env}/task_tools", answer=ListToolsAnswer, session=True, errors=GATED)
 async def task_tools(request: web.Request) -> web.Response:
+    """The session's tools: shared ones and task-specific ones."""
     manager = request.app[SESSIONS]
     session = await manager.ready(session_id(request), api_key(request))
     answer = await manager.task_tools(session)
     return json_response(list_tools_answer(answer["tools"]))
 
 
-@routes.post("/{env}/call")
+@api.post("/{env}/call", body=CallBody, answer=SSE, session=True, errors=GATED)
 async def call(request: web.Request) -> web.StreamResponse:
     """Run a tool; the result streams back as SSE and is kept for reconnects by `task_id`."""
     raw = await read_json(request)

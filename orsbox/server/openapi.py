@@ -1,0 +1,123 @@
+"""The API description: each route registers with the models it reads and answers,
+and `/openapi.json` is generated from those same pydantic models.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, TypeAdapter
+
+from ..protocol import ErrorAnswer, ValidationErrorAnswer
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+SSE = "text/event-stream"
+SSE_EVENT = {  # one event of a stream (schemathesis checks each)
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {"event": {"enum": ["task_id", "chunk", "end", "error"]}, "data": {"type": "string"}},
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    handler: Handler
+    body: type[BaseModel] | None
+    answer: Any  # a type pydantic can describe, or SSE
+    session: bool  # needs X-Session-ID
+    errors: tuple[int, ...]
+
+
+class Api:
+    """A RouteTableDef that remembers what each route reads and answers."""
+
+    def __init__(self) -> None:
+        self.routes = web.RouteTableDef()
+        self.operations: list[Operation] = []
+
+    def route(self, method: str, path: str, *, body: type[BaseModel] | None = None, answer: Any = None,
+              session: bool = False, errors: tuple[int, ...] = ()) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            statuses = tuple(sorted({*errors, *((422,) if body else ()), *((400,) if session else ())}))
+            self.operations.append(Operation(method, path, handler, body, answer, session, statuses))
+            self.routes.route(method, path)(handler)
+            return handler
+
+        return register
+
+    def get(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, **kwargs)
+
+
+def openapi_document(api: Api, *, title: str, version: str) -> dict[str, Any]:
+    """OpenAPI 3.1 for every route of `api`."""
+    schemas: dict[str, Any] = {}
+    paths: dict[str, dict[str, Any]] = {}
+    for op in api.operations:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version,
+                 "description": "ORS (Open Reward Standard) server running each session in its own container."},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+
+
+def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
+    doc = inspect.getdoc(op.handler) or op.handler.__name__.replace("_", " ")
+    summary, _, description = doc.partition("\n")
+    operation: dict[str, Any] = {"operationId": op.handler.__name__, "summary": summary.strip()}
+    if description.strip():
+        operation["description"] = description.strip()
+    parameters = []
+    if "{env}" in op.path:
+        parameters.append({"name": "env", "in": "path", "required": True, "schema": {"type": "string"},
+                           "description": "environment name (case-insensitive)"})
+    if op.session:
+        parameters.append({"name": "X-Session-ID", "in": "header", "required": True,
+                           "schema": {"type": "string", "minLength": 1}})
+    if parameters:
+        operation["parameters"] = parameters
+    if op.body is not None:
+        operation["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": _schema(op.body, schemas)}}}
+    operation["responses"] = {"200": _answer(op.answer, schemas)}
+    for status in op.errors:
+        model = ValidationErrorAnswer if status == 422 else ErrorAnswer
+        operation["responses"][str(status)] = {
+            "description": _REASONS.get(status, "error"),
+            "content": {"application/json": {"schema": _schema(model, schemas)}}}
+    return operation
+
+
+def _answer(answer: Any, schemas: dict[str, Any]) -> dict[str, Any]:
+    if answer == SSE:
+        return {"description": "Server-Sent Events", "content": {SSE: {"schema": SSE_EVENT}}}
+    return {"description": "OK", "content": {"application/json": {"schema": _schema(answer, schemas)}}}
+
+
+def _schema(kind: Any, schemas: dict[str, Any]) -> dict[str, Any]:
+    schema = TypeAdapter(kind).json_schema(ref_template=REF_TEMPLATE, mode="serialization")
+    schemas.update(schema.pop("$defs", {}))
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        schemas[kind.__name__] = schema
+        return {"$ref": REF_TEMPLATE.format(model=kind.__name__)}
+    return schema
+
+
+_REASONS = {
+    400: "bad request", 404: "not found", 410: "session ended", 422: "invalid body",
+    500: "setup or environment failed", 502: "the sandbox's agent is gone", 503: "still starting (Retry-After)",
+}
