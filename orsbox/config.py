@@ -35,6 +35,10 @@ class Config(BaseModel):
     shutdown_timeout: float = Field(30.0, gt=0, description="s to tear sessions down at shutdown")
     teardown_timeout: float = Field(10.0, gt=0, description="s an environment's teardown() may take")
     idle_timeout: float | None = Field(None, gt=0, description="s; overrides every policy's idle_timeout (tests)")
+    max_sessions: int = Field(64, ge=1, description="live sessions at most; past it /create answers 429")
+    max_starting: int = Field(4, ge=1, description="containers started at once; later starts queue")
+    adopt: bool = Field(True, description="at start-up, serve again the sessions a previous run left running")
+    keep_sessions: bool = Field(False, description="at shutdown, leave session containers for the next run")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:

@@ -6,6 +6,7 @@
     ├── NotFound 404 ───── EnvNotFound, SessionNotFound
     ├── SessionGone 410    (deleted, reaped, failed: the reason is in the message)
     ├── NotReady 503       (still starting; carries Retry-After)
+    ├── TooManySessions 429, ShuttingDown 503 (admission control; carry Retry-After)
     ├── SetupFailed 500    (the sandbox or the environment's setup failed)
     ├── ToolFailed 500, EnvironmentFailed 500 (the environment's code raised)
     ├── AgentGone 502      (the in-container agent or its container died)
@@ -23,6 +24,7 @@ from typing import Any
 class OrsboxError(Exception):
     status = 500
     code = "internal"
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -100,6 +102,21 @@ class NotReady(OrsboxError):
 
     def __init__(self) -> None:
         super().__init__("Environment still starting.")
+
+
+class TooManySessions(OrsboxError):
+    """Admission control: a session limit is reached."""
+
+    status, code = 429, "too_many_sessions"
+    retry_after = 5
+
+
+class ShuttingDown(OrsboxError):
+    status, code = 503, "shutting_down"
+    retry_after = 5
+
+    def __init__(self) -> None:
+        super().__init__("orsbox is shutting down; open new sessions elsewhere")
 
 
 class SetupFailed(OrsboxError):

@@ -9,6 +9,11 @@ the id for a while so later requests get 410 with the reason instead of 404.
 
 Every task that outlives a request (setup, tool calls kept for reconnects, the
 reaper) is tracked here and ended in `close()`.
+
+State lives in container labels and session folders, so a restarted orsbox
+adopts the sessions a previous run left running (`adopt_or_sweep`) and removes
+every container it cannot serve. Admission control bounds live sessions (429)
+and queues container starts so a create storm cannot overload the engine.
 """
 
 from __future__ import annotations
@@ -29,20 +34,34 @@ from .catalog import Catalog, EnvironmentInfo
 from .config import Config
 from .errors import (
     AgentGone,
+    EnvNotFound,
     NotReady,
     OrsboxError,
     SessionExists,
     SessionGone,
     SessionNotFound,
     SetupFailed,
+    ShuttingDown,
+    TooManySessions,
 )
 from .protocol import CreateBody, JSONObject
-from .sandbox.backend import Backend, Sandbox, SandboxSpec
+from .sandbox.backend import (
+    LABEL_CREATED,
+    LABEL_ENVIRONMENT,
+    LABEL_ROLE,
+    LABEL_SESSION,
+    Backend,
+    ManagedContainer,
+    Sandbox,
+    SandboxSpec,
+)
 from .sandbox.channel import AgentChannel
 
 log = structlog.get_logger()
 
 OWNER_LABEL = "orsbox.owner"
+ADOPT_CONNECT_TIMEOUT = 5.0  # s to reach a left-over container's agent
+SWEEP_EVERY = 6  # reaper rounds between orphan sweeps (30 s by default)
 
 
 class State(enum.Enum):
@@ -85,6 +104,13 @@ class Session:
         return {"session_id": self.id, "env": self.env.name}
 
 
+def _sandbox_if_created(session: Session) -> Sandbox | None:
+    future = session.sandbox_future
+    if future is None or not future.done() or future.cancelled() or future.exception() is not None:
+        return None
+    return future.result()
+
+
 def _consume(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
@@ -106,18 +132,40 @@ class SessionManager:
         self.ended: dict[str, tuple[str, float]] = {}  # sid -> (reason, when)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
+        self._starts = asyncio.Semaphore(config.max_starting)
         self.closing = False
+        self.engine_up = True
 
     # -- lifecycle of the manager ---------------------------------------------
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_forever())
 
+    async def watch_engine(self, interval: float) -> None:
+        """Keep `engine_up` current; when the engine comes back, remove what it left behind."""
+        while True:
+            up = await self.backend.ping()
+            if up != self.engine_up:
+                log.warning("engine_up" if up else "engine_down")
+                self.engine_up = up
+                if up:
+                    await self.sweep()
+            await asyncio.sleep(interval)
+
+    def drain(self) -> None:
+        """Refuse new sessions from now on (shutdown has begun); existing ones keep working."""
+        self.closing = True
+
     async def close(self, timeout: float) -> None:
-        """End every session (container removed) and every background task."""
+        """End every session (container removed) and every background task.
+
+        With `keep_sessions`, ready sessions' containers stay for the next run to adopt.
+        """
         self.closing = True
         if self._reaper is not None:
             self._reaper.cancel()
+        if self.config.keep_sessions:
+            await self._let_go()
         ends = [self.end(s, "the server shut down") for s in list(self.sessions.values())]
         if ends:
             _, pending = await asyncio.wait([asyncio.ensure_future(e) for e in ends], timeout=timeout)
@@ -139,12 +187,81 @@ class SessionManager:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    async def _let_go(self) -> None:
+        """Disconnect from ready sessions without ending them: their containers wait for adoption."""
+        for session in [s for s in self.sessions.values() if s.state is State.READY]:
+            self.sessions.pop(session.id, None)
+            session.state = State.ENDED  # for this process; the container lives on
+            if session.channel is not None:
+                await session.channel.close()
+            log.info("session_kept_for_adoption", session_id=session.id, env=session.env.name)
+
+    # -- adoption -----------------------------------------------------------------
+
+    async def adopt_or_sweep(self) -> None:
+        """Serve again the ready sessions a previous run left; remove every other container of this node."""
+        started = time.monotonic()
+        containers = await self.backend.list_managed()
+        outcomes = await asyncio.gather(*(self._adopt_or_remove(c) for c in containers))
+        if containers:
+            log.info("adoption_finished", adopted=sum(outcomes), removed=len(outcomes) - sum(outcomes),
+                     seconds=round(time.monotonic() - started, 3))
+
+    async def _adopt_or_remove(self, container: ManagedContainer) -> bool:
+        sandbox = self.backend.sandbox_of(container)
+        reason = "adoption is disabled" if not self.config.adopt else await self._adopt(container, sandbox)
+        if reason is None:
+            return True
+        log.warning("container_removed", container=container.name, session_id=container.labels.get(LABEL_SESSION),
+                    reason=reason)
+        await self.backend.remove(sandbox)
+        return False
+
+    async def _adopt(self, container: ManagedContainer, sandbox: Sandbox) -> str | None:
+        """Reconnect to a left-over session container; the reason it cannot be adopted, or None."""
+        labels = container.labels
+        if labels.get(LABEL_ROLE) != "session" or not labels.get(LABEL_SESSION):
+            return f"not a session container ({labels.get(LABEL_ROLE)})"
+        if container.status != "running":
+            return f"the container is {container.status}"
+        try:
+            env = self.catalog.get(labels.get(LABEL_ENVIRONMENT, ""))
+        except EnvNotFound:
+            return f"environment {labels.get(LABEL_ENVIRONMENT)!r} is no longer served"
+        age = time.time() - float(labels.get(LABEL_CREATED, "0") or 0)
+        if age > env.policy.max_lifetime:
+            return f"past its max lifetime of {env.policy.max_lifetime:.0f} s"
+        try:
+            channel = await AgentChannel.connect(sandbox.socket_path, timeout=ADOPT_CONNECT_TIMEOUT,
+                                                 is_alive=lambda: self.backend.is_running(sandbox))
+            hello = await channel.call(Method.HELLO, timeout=ADOPT_CONNECT_TIMEOUT)
+        except OrsboxError as exc:
+            return f"its agent does not answer: {exc.detail}"
+        if hello.get("protocol") != PROTOCOL_VERSION or hello.get("state") != "ready":
+            await channel.close()
+            return f"its agent is {hello.get('state')!r} (protocol {hello.get('protocol')})"
+        sid = labels[LABEL_SESSION]
+        session = Session(id=sid, env=env, task={}, owner=labels.get(OWNER_LABEL, owner_of(None)),
+                          created=time.monotonic() - age, state=State.READY, channel=channel)
+        session.sandbox_future = asyncio.get_running_loop().create_future()
+        session.sandbox_future.set_result(sandbox)
+        session.settled.set()
+        channel.on_close(lambda: self._agent_gone(session))
+        self.sessions[sid] = session
+        self.ended.pop(sid, None)
+        log.info("session_adopted", session_id=sid, env=env.name, age_seconds=round(age, 1))
+        return None
+
     # -- create -----------------------------------------------------------------
 
     def create(self, sid: str, body: CreateBody, secrets: dict[str, str], api_key: str | None) -> Session:
         """Register the session and start its sandbox in the background; answers at once."""
+        if self.closing:
+            raise ShuttingDown()
         if sid in self.sessions:
             raise SessionExists()
+        if len(self.sessions) >= self.config.max_sessions:
+            raise TooManySessions(f"orsbox is at its limit of {self.config.max_sessions} live sessions; retry later")
         env = self.catalog.get(body.env_name) if body.env_name else self.catalog.get(self.catalog.default or "")
         task = body.task_spec if body.task_spec is not None else env.task(body.split or "", body.index or 0)
         session = Session(id=sid, env=env, task=dict(task), owner=owner_of(api_key))
@@ -160,11 +277,12 @@ class SessionManager:
         spec = SandboxSpec(session.id, session.env.image, policy, {OWNER_LABEL: session.owner})
         try:
             async with asyncio.timeout(policy.setup_timeout):
-                session.sandbox_future = self._spawn(self.backend.create(spec), session)
-                sandbox = await asyncio.shield(session.sandbox_future)
-                channel = await AgentChannel.connect(
-                    sandbox.socket_path, timeout=policy.setup_timeout,
-                    is_alive=lambda: self.backend.is_running(sandbox))
+                async with self._starts:  # at most max_starting containers come up at once
+                    session.sandbox_future = self._spawn(self.backend.create(spec), session)
+                    sandbox = await asyncio.shield(session.sandbox_future)
+                    channel = await AgentChannel.connect(
+                        sandbox.socket_path, timeout=policy.setup_timeout,
+                        is_alive=lambda: self.backend.is_running(sandbox))
                 session.channel = channel
                 channel.on_close(lambda: self._agent_gone(session))
                 hello = await channel.call(Method.HELLO)
@@ -318,12 +436,27 @@ class SessionManager:
     # -- reaping ----------------------------------------------------------------------
 
     async def _reap_forever(self) -> None:
+        rounds = 0
         while True:
             await asyncio.sleep(self.config.reap_interval)
+            rounds += 1
             try:
                 await self.reap()
-            except Exception as exc:  # never let one bad sweep stop reaping
+                if rounds % SWEEP_EVERY == 0 and self.engine_up:
+                    await self.sweep()
+            except Exception as exc:  # never let one bad round stop reaping
                 log.exception("reap_failed", error=str(exc))
+
+    async def sweep(self) -> None:
+        """Remove every container of this node that no live session owns (a removal failed, the engine
+        restarted under us): whatever happens, none is left behind."""
+        owned = {sandbox.container_id for sandbox in map(_sandbox_if_created, self.sessions.values()) if sandbox}
+        for container in await self.backend.list_managed():
+            sid = container.labels.get(LABEL_SESSION, "")
+            if container.container_id in owned or (sid in self.sessions and self.sessions[sid].state is State.STARTING):
+                continue
+            log.warning("orphan_container_removed", container=container.name, session_id=sid or None)
+            await self.backend.remove(self.backend.sandbox_of(container))
 
     async def reap(self) -> None:
         """End idle sessions and those past their lifetime; forget old ended ids."""

@@ -174,3 +174,22 @@ async def test_a_failed_setup_is_a_clear_error_not_a_hang(ors: Ors) -> None:
 async def test_a_session_unknown_to_the_server_is_404_for_the_client(ors: Ors) -> None:
     response = await ors.http.get("/bash/prompt", headers={"X-Session-ID": str(uuid.uuid4())})
     assert response.status == 404
+
+
+async def test_a_missing_image_is_a_clear_setup_error(aiohttp_client: Any, config: Config) -> None:
+    import dataclasses
+
+    from orsbox.server.keys import CATALOG
+
+    client = await aiohttp_client(create_app(config))
+    catalog = client.app[CATALOG]
+    bash = catalog.get("bash")
+    gone = dataclasses.replace(bash.image, image_id="sha256:" + "0" * 64)
+    catalog._environments["bash"] = dataclasses.replace(bash, image=gone)  # the image was removed under us
+    ors = Ors(client)
+    sid = await ors.new_session()
+    answer = await ors.http.get("/bash/prompt", headers={"X-Session-ID": sid})
+    assert answer.status == 500
+    detail = (await answer.json())["detail"]
+    assert detail.startswith("SandboxError: create container") and "0000000000" in detail
+    await ors.delete(sid)

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +16,8 @@ import pytest
 from orsbox.config import Config
 from orsbox.server import create_app
 
-from .conftest import NODE_ID, ROOT, Ors, managed_containers, session_containers
+from .conftest import NODE_ID, Ors, managed_containers, session_containers
+from .support.server import OrsboxProcess
 
 pytestmark = pytest.mark.docker
 
@@ -95,25 +92,13 @@ async def test_app_shutdown_removes_every_container(aiohttp_client: Any, config:
     assert managed_containers(engine) == []
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_signals_stop_the_server_and_remove_its_containers(
     signum: int, state_dir: Path, engine: docker.DockerClient, images: None, tmp_path: Path
 ) -> None:
-    port = _free_port()
-    env = {**os.environ, "ORSBOX_STATE_DIR": str(state_dir), "ORSBOX_NODE_ID": NODE_ID}
-    log_path = tmp_path / "server.log"
-    log_file = log_path.open("wb")
-    server = subprocess.Popen([sys.executable, "-m", "orsbox.cli", "serve", "--port", str(port)],
-                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
+    server = OrsboxProcess(state_dir=state_dir, node_id=NODE_ID, log_path=tmp_path / "server.log").start()
     try:
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
-            await _wait_healthy(http, server)
+        async with aiohttp.ClientSession(server.url) as http:
             sids = [str(uuid.uuid4()) for _ in range(2)]
             for sid in sids:
                 created = await http.post("/create", json={"split": "train", "index": 0},
@@ -122,29 +107,11 @@ async def test_signals_stop_the_server_and_remove_its_containers(
             prompt = await http.get("/bash/prompt", headers={"X-Session-ID": sids[0]})
             assert prompt.status == 200
         assert len(managed_containers(engine)) >= 1
-        server.send_signal(signum)
-        server.wait(timeout=60)
-        log = log_path.read_text()
-        assert server.returncode == 0, log[-2000:]
+        assert server.signal(signum) == 0, server.log()[-2000:]
         assert managed_containers(engine) == []
-        assert log.count('"session_ended"') == 2, log[-2000:]
+        assert server.log().count('"session_ended"') == 2, server.log()[-2000:]
     finally:
-        if server.poll() is None:
-            server.kill()
-        log_file.close()
-
-
-async def _wait_healthy(http: aiohttp.ClientSession, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "the server exited"
-        try:
-            if (await http.get("/health")).status == 200:
-                return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("server did not become healthy")
+        server.stop()
 
 
 async def test_a_dead_container_ends_the_session_with_a_clear_error(ors: Ors, engine: docker.DockerClient) -> None:

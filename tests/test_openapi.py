@@ -4,11 +4,6 @@ documented statuses, content types and bodies."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,39 +19,21 @@ from schemathesis.checks import positive_data_acceptance
 
 from orsbox.server.routes import api
 
-from .conftest import NODE_ID, ROOT
+from .conftest import NODE_ID
+from .support.server import OrsboxProcess
 
 pytestmark = pytest.mark.docker
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def live_server(state_dir: Path, images: None, engine: docker.DockerClient,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
     log = tmp_path_factory.mktemp("openapi") / "server.log"
-    env = {**os.environ, "ORSBOX_STATE_DIR": str(state_dir), "ORSBOX_NODE_ID": NODE_ID}
-    with log.open("wb") as out:
-        server = subprocess.Popen([sys.executable, "-m", "orsbox.cli", "serve", "--port", str(port)],
-                                  env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(300):
-                assert server.poll() is None, log.read_text()[-2000:]
-                try:
-                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-            yield url
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+    server = OrsboxProcess(state_dir=state_dir, node_id=NODE_ID, log_path=log).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 ROUTES = [(op.method, op.path) for op in api.operations if op.path != "/openapi.json"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import structlog
@@ -10,7 +11,7 @@ from aiohttp import web
 from ..catalog import Catalog
 from ..config import Config
 from ..policy import PolicySet
-from ..sandbox.backend import LABEL_ROLE, Backend
+from ..sandbox.backend import Backend
 from ..sandbox.docker import DockerBackend
 from ..sessions import SessionManager
 from .keys import BACKEND, CATALOG, CONFIG, SESSIONS
@@ -20,6 +21,7 @@ from .routes import api
 log = structlog.get_logger()
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+ENGINE_WATCH_INTERVAL = 2.0  # s between engine pings (/health reports the result)
 
 
 def create_app(config: Config, *, backend: Backend | None = None) -> web.Application:
@@ -47,19 +49,19 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         yield
 
     async def sessions(app: web.Application) -> AsyncIterator[None]:
-        await remove_leftovers(app[BACKEND])
         app[SESSIONS] = manager = SessionManager(app[BACKEND], app[CATALOG], config)
+        await manager.adopt_or_sweep()  # labels are the state: serve again or remove what a previous run left
         manager.start()
+        watch = asyncio.create_task(manager.watch_engine(ENGINE_WATCH_INTERVAL))
         yield
+        watch.cancel()
         await manager.close(timeout=config.shutdown_timeout)
 
+    async def drain(app: web.Application) -> None:
+        """Shutdown has begun: refuse new sessions while in-flight calls finish."""
+        if SESSIONS in app:
+            app[SESSIONS].drain()
+
     app.cleanup_ctx.extend([sandbox, catalog, sessions])
+    app.on_shutdown.append(drain)
     return app
-
-
-async def remove_leftovers(backend: Backend) -> None:
-    """Containers this node started before a crash serve no session now: remove them."""
-    for container in await backend.list_managed():
-        log.warning("leftover_container_removed", container=container.container_id[:12],
-                    role=container.labels.get(LABEL_ROLE))
-        await backend.remove_container(container.container_id)

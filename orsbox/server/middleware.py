@@ -41,10 +41,10 @@ async def errors_to_http(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except OrsboxError as exc:
-        headers = None
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
         if isinstance(exc, NotReady):
-            headers = {"Retry-After": str(exc.retry_after), "X-Backend-State": "starting"}
-        return json_error(exc.status, exc.detail, headers)
+            headers["X-Backend-State"] = "starting"  # the official client rides this out
+        return json_error(exc.status, exc.detail, headers or None)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

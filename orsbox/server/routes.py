@@ -88,9 +88,12 @@ def api_key(request: web.Request) -> str | None:
 # ---------------------------------------------------------------- service
 
 
-@api.get("/health", answer=StatusAnswer)
+@api.get("/health", answer=StatusAnswer, errors=(503,))
 async def health(request: web.Request) -> web.Response:
-    """Liveness: answers without touching Docker."""
+    """`ok`, or 503 while the Docker engine does not answer (watched in the background: never waits on it)."""
+    if not request.app[SESSIONS].engine_up:
+        return json_response({"status": "engine_unreachable", "detail": "the Docker engine does not answer"},
+                             status=503, headers={"Retry-After": "5"})
     return json_response({"status": "ok"})
 
 
