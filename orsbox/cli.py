@@ -1,4 +1,4 @@
-"""The `orsbox` command: `serve` the ORS API, `build` environment images.
+"""The `orsbox` command: `serve` the ORS API, `build` environment images, `policy explain|check`.
 
 Logging is configured here and nowhere else.
 """
@@ -34,17 +34,34 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--state-dir", type=Path, help="session folders and caches (env ORSBOX_STATE_DIR)")
     serve.add_argument("--default-env", dest="default_environment", help="environment served on bare paths")
     serve.add_argument("--idle-timeout", type=float, help="seconds; overrides every policy's idle_timeout")
+    serve.add_argument("--max-sessions", type=int, help="live sessions at most (default 64); then /create is 429")
+    serve.add_argument("--keep-sessions", action="store_true", default=None,
+                       help="at shutdown, leave ready sessions running for the next start to adopt (rolling restart)")
+    serve.add_argument("--no-adopt", dest="adopt", action="store_false", default=None,
+                       help="at start-up, remove left-over session containers instead of serving them again")
 
     build = commands.add_parser("build", help="build the images in images/ that are not current")
     build.add_argument("names", nargs="*", help="images to build (default: all)")
     build.add_argument("--images-dir", type=Path, default=Path("images"))
     build.add_argument("--force", action="store_true", help="rebuild even if current")
 
+    policy = commands.add_parser("policy", help="show or check the sandbox policies")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    explain = policy_commands.add_parser("explain", help="an environment's resolved policy, each value's source, "
+                                                        "and the container settings it becomes")
+    explain.add_argument("environment", help="environment name (e.g. bash)")
+    explain.add_argument("--full", action="store_true", help="print the seccomp profile too")
+    check = policy_commands.add_parser("check", help="validate every policy file; exit 1 on the first bad one")
+    for sub in (explain, check):
+        sub.add_argument("--policies", type=Path, dest="policies_dir", help="policy folder (env ORSBOX_POLICIES)")
+
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     try:
         if args.command == "serve":
             return serve_command(args)
+        if args.command == "policy":
+            return policy_command(args)
         return build_command(args)
     except OrsboxError as exc:
         print(f"orsbox: {exc.detail}", file=sys.stderr)
@@ -57,6 +74,7 @@ def serve_command(args: argparse.Namespace) -> int:
     config = Config.from_env(
         host=args.host, port=args.port, policies_dir=args.policies_dir, state_dir=args.state_dir,
         default_environment=args.default_environment, idle_timeout=args.idle_timeout,
+        max_sessions=args.max_sessions, keep_sessions=args.keep_sessions, adopt=args.adopt,
     )
     log.info("starting", host=config.host, port=config.port, version=__version__)
     web.run_app(create_app(config), host=config.host, port=config.port, print=None,
@@ -73,6 +91,51 @@ def build_command(args: argparse.Namespace) -> int:
         print(f"orsbox build: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def policy_command(args: argparse.Namespace) -> int:
+    """`orsbox policy explain ENV` and `orsbox policy check`: the files first, then what the engine says."""
+    from .policy import PolicySet, explanation, runtime_problem
+    from .sandbox.docker import EngineFacts, engine_facts
+
+    folder = Config.from_env(policies_dir=args.policies_dir).policies_dir
+    policies, problems = PolicySet.read(folder)
+    environment: str | None = getattr(args, "environment", None)
+    facts: EngineFacts | None = None
+    try:
+        facts = engine_facts(environment, timeout=5)
+    except OrsboxError as exc:
+        unreachable = f"the Docker engine does not answer ({exc.detail})"
+
+    if args.policy_command == "check":
+        if not problems and facts is not None:
+            problems = policies.runtime_problems(facts.runtimes)
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if problems:
+            return 1
+        print(f"ok: the policies in {folder} are valid ({', '.join(policies.names()) or 'built-in defaults only'})")
+        print("the Docker engine has every runtime they ask for" if facts else f"runtimes not checked: {unreachable}")
+        return 0
+
+    assert environment is not None
+    label = facts.policy_label if facts else None
+    if facts is None:
+        print(f"{unreachable}: explaining from the policy files only; an image's orsbox.policy label, "
+              "which can name another file, was not read.")
+    else:
+        print(f"environment {environment!r}: image {facts.image or '(none on this engine)'}, "
+              f"label orsbox.policy: {label or 'not set'}")
+        if label and policies.file(label) is None:
+            print(f"  (there is no {label}.toml in {folder}, so default.toml applies)")
+    print(explanation(policies, environment, label, full=args.full))
+    blocker = runtime_problem(policies.resolve(environment, label), facts.runtimes) if facts else None
+    if blocker:
+        print(f"\nthis engine cannot run it: {blocker}")
+    if problems:
+        print(f"\n{len(problems)} policy file(s) in {folder} are invalid, and orsbox serve would refuse to start: "
+              "see orsbox policy check")
+    return 1 if blocker or problems else 0
 
 
 if __name__ == "__main__":

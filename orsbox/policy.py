@@ -7,18 +7,26 @@ refused at start-up with its name, the field and what is allowed.
 
 `container_settings(policy)` is the one place a policy becomes docker-py
 `containers.create()` arguments; it is pure, so it is tested without Docker.
+`explain()` says where each value came from, and `PolicySet.problems()` checks
+a whole folder (both behind `orsbox policy explain|check`).
+
+Every container gets orsbox's seccomp profile, `sandbox/seccomp.json`: Docker
+20.10's default profile (as this engine enforces it, checked syscall by syscall)
+minus `io_uring_setup`, `io_uring_enter` and `io_uring_register`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 import tomllib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 
@@ -53,10 +61,12 @@ class SandboxPolicy(BaseModel):
     tmp_size: Bytes = Field(256 * 1024**2, description="size of the /tmp tmpfs")
     workspace_size: Bytes = Field(512 * 1024**2, description="size of the /workspace tmpfs")
     home_size: Bytes = Field(64 * 1024**2, description="size of the command user's home tmpfs")
+    shm_size: Bytes = Field(64 * 1024**2, description="size of the /dev/shm tmpfs (POSIX shared memory)")
     tmp_exec: bool = Field(False, description="allow executing files from /tmp")
     # isolation
     network: Literal["none"] = Field("none", description="network mode; only 'none' so far")
-    runtime: Literal["runc"] = Field("runc", description="OCI runtime")
+    runtime: Literal["runc", "runsc"] = Field(
+        "runc", description="OCI runtime: runc, or runsc (gVisor) where the engine has orsbox's runsc runtimes")
     command_uid: int = Field(1000, ge=1, le=65534, description="uid (and gid) commands run as")
     # time, in seconds
     setup_timeout: float = Field(60.0, gt=0, description="s from create until the environment is set up")
@@ -66,6 +76,17 @@ class SandboxPolicy(BaseModel):
     max_lifetime: float = Field(6 * 3600.0, gt=0, description="s a session may live in all")
     # output
     output_cap: Bytes = Field(256 * 1024, description="bytes of command output returned per call (head + tail)")
+
+    @model_validator(mode="after")
+    def _tmpfs_fits_in_memory(self) -> SandboxPolicy:
+        """tmpfs pages are charged to the container's memory: full disks must leave room to run."""
+        disks = self.tmp_size + self.workspace_size + self.home_size + self.shm_size
+        if disks + MEMORY_HEADROOM > self.memory:
+            raise ValueError(
+                f"tmp_size + workspace_size + home_size + shm_size = {size_text(disks)} must leave at least "
+                f"{size_text(MEMORY_HEADROOM)} of memory ({size_text(self.memory)}) for commands and the agent: "
+                "files in tmpfs are held in memory")
+        return self
 
     def digest(self) -> str:
         """A short hash of the policy, for the container's orsbox.policy label."""
@@ -82,7 +103,50 @@ class SandboxPolicy(BaseModel):
         }
 
 
+#: Memory that full tmpfs mounts must still leave to commands and the agent (bytes).
+MEMORY_HEADROOM = 64 * 1024**2
+
 COMMAND_HOME = "/home/user"
+SECCOMP_PROFILE = Path(__file__).parent / "sandbox" / "seccomp.json"
+
+#: Docker runtime name for `runtime = "runsc"`, per network mode, and the runtime arguments it must be
+#: registered with: the agent's socket needs `--host-uds`, network "none" needs runsc's `--network=none`.
+RUNSC_RUNTIMES: dict[str, str] = {"none": "orsbox-runsc"}
+RUNSC_REQUIRED_ARGS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "none": (("--network=none",), ("--host-uds=create", "--host-uds=all")),
+}
+RUNSC_REGISTRATION = {"path": "/usr/bin/runsc",
+                      "runtimeArgs": ["--platform=ptrace", "--network=none", "--host-uds=create"]}
+
+
+@functools.cache
+def seccomp_profile() -> str:
+    """orsbox's seccomp profile as compact JSON: the engine takes the profile's content, not a path."""
+    return json.dumps(json.loads(SECCOMP_PROFILE.read_text()), separators=(",", ":"))
+
+
+def docker_runtime(policy: SandboxPolicy) -> str:
+    """The Docker runtime name a policy's containers run with."""
+    return "runc" if policy.runtime == "runc" else RUNSC_RUNTIMES[policy.network]
+
+
+def runtime_problem(policy: SandboxPolicy, engine_runtimes: Mapping[str, Sequence[str]]) -> str | None:
+    """Why the engine (runtime name -> its registered arguments) cannot run `policy`, or None."""
+    name = docker_runtime(policy)
+    if name == "runc":
+        return None
+    how = (f"register it in /etc/docker/daemon.json under \"runtimes\" as \"{name}\": "
+           f"{json.dumps(RUNSC_REGISTRATION)} and reload dockerd (kill -HUP $(pidof dockerd)); "
+           "./scripts/test does this where it may")
+    if name not in engine_runtimes:
+        have = ", ".join(sorted(engine_runtimes)) or "none"
+        return (f"runtime {policy.runtime!r} needs the Docker runtime {name!r}, which the engine lacks "
+                f"(it has: {have}); {how}")
+    args = list(engine_runtimes[name])
+    for choices in RUNSC_REQUIRED_ARGS[policy.network]:
+        if not any(arg in args for arg in choices):
+            return (f"the Docker runtime {name!r} is registered with {args}, without {' or '.join(choices)}; {how}")
+    return None
 
 
 def container_settings(policy: SandboxPolicy) -> dict[str, Any]:
@@ -95,7 +159,7 @@ def container_settings(policy: SandboxPolicy) -> dict[str, Any]:
         "user": "0:0",
         "cap_drop": ["ALL"],
         "cap_add": ["SETUID", "SETGID", "KILL"],  # the agent's drop to the command user, and reaping its processes
-        "security_opt": ["no-new-privileges"],
+        "security_opt": ["no-new-privileges", f"seccomp={seccomp_profile()}"],
         "read_only": True,
         "tmpfs": {
             "/tmp": f"{tmp_flags},size={policy.tmp_size},mode=1777",
@@ -109,39 +173,73 @@ def container_settings(policy: SandboxPolicy) -> dict[str, Any]:
         "ulimits": [
             {"Name": "nofile", "Soft": policy.nofile, "Hard": policy.nofile},
             {"Name": "core", "Soft": 0, "Hard": 0},
+            # POSIX message queues: none. Their byte budget belongs to the uid, which every session shares.
+            {"Name": "msgqueue", "Soft": 0, "Hard": 0},
         ],
         "log_config": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
         "network_mode": policy.network,
         "ipc_mode": "private",
-        "runtime": policy.runtime,
+        "shm_size": policy.shm_size,  # /dev/shm: Docker mounts it nosuid,nodev,noexec
+        "runtime": docker_runtime(policy),
         "hostname": "sandbox",
     }
 
 
 # ---------------------------------------------------------------- policy files
 
+BUILT_IN = "built-in"
+
 
 class PolicySet:
     """The policy files of one folder, validated as a whole at start-up."""
 
-    def __init__(self, overrides: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, overrides: dict[str, dict[str, Any]], files: dict[str, Path] | None = None) -> None:
         self._overrides = overrides  # policy name -> fields given in its file
+        self._files = files or {}  # policy name -> its file
 
     @classmethod
     def load(cls, folder: Path) -> PolicySet:
         """Read and validate every `*.toml` in `folder`; a missing folder means built-in defaults only."""
+        policies, problems = cls.read(folder)
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return policies
+
+    @classmethod
+    def read(cls, folder: Path) -> tuple[PolicySet, list[str]]:
+        """The valid files of `folder`, and one line per problem: file, field, what is allowed."""
         overrides: dict[str, dict[str, Any]] = {}
+        files: dict[str, Path] = {}
+        problems: list[str] = []
         for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
             try:
                 data = tomllib.loads(path.read_text())
+                SandboxPolicy.model_validate(data)
             except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise ConfigError(f"{path}: {exc}") from exc
-            _validate(path, data)
-            overrides[path.stem] = data
-        policies = cls(overrides)
+                problems.append(f"{path}: {exc}")
+                continue
+            except ValidationError as exc:
+                problems.append(f"{path}: {_describe(exc)}")
+                continue
+            overrides[path.stem], files[path.stem] = data, path
+        policies = cls(overrides, files)
         for name in overrides:
-            policies.resolve(name)  # a file valid alone may still clash with default.toml
-        return policies
+            try:
+                policies.resolve(name)  # a file valid alone may still clash with default.toml
+            except ConfigError as exc:
+                problems.append(str(exc.detail))
+        return policies, problems
+
+    def names(self) -> list[str]:
+        """The policy files there are, by name (`default` included if present)."""
+        return sorted(self._overrides)
+
+    def file(self, name: str) -> Path | None:
+        return self._files.get(name)
+
+    def fields_of(self, name: str) -> dict[str, Any]:
+        """The fields policy file `name` sets (none if there is no such file)."""
+        return dict(self._overrides.get(name, {}))
 
     def resolve(self, environment: str, policy_name: str | None = None) -> SandboxPolicy:
         """The policy of `environment`: its own file (or `policy_name`'s) ▸ default ▸ built-in."""
@@ -150,36 +248,111 @@ class PolicySet:
         try:
             return SandboxPolicy.model_validate(fields)
         except ValidationError as exc:
-            raise ConfigError(f"policy for {environment!r}: {_describe(exc)}") from exc
+            own = self._files.get(policy_name or environment) or f"policy for {environment!r}"
+            raise ConfigError(f"{own} (with default.toml): {_describe(exc)}") from exc
+
+    def runtime_problems(self, engine_runtimes: Mapping[str, Sequence[str]]) -> list[str]:
+        """Policies (default and every file) the engine cannot run, one line each."""
+        problems = []
+        for name in sorted({"default", *self._overrides}):
+            problem = runtime_problem(self.resolve(name), engine_runtimes)
+            if problem:
+                problems.append(f"{self._files.get(name) or 'built-in defaults'}: {problem}")
+        return problems
+
+    def require_runtimes(self, engine_runtimes: Mapping[str, Sequence[str]]) -> None:
+        """Refuse (at start-up) policies that ask for a runtime the engine does not have."""
+        problems = self.runtime_problems(engine_runtimes)
+        if problems:
+            raise ConfigError("; ".join(problems))
 
 
-def _validate(path: Path, data: dict[str, Any]) -> None:
-    try:
-        SandboxPolicy.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: {_describe(exc)}") from exc
+def explain(policies: PolicySet, environment: str, policy_name: str | None = None) -> list[tuple[str, Any, str]]:
+    """Each field of `environment`'s policy as (field, value, source): its file, default.toml or built-in."""
+    policy = policies.resolve(environment, policy_name)
+    own = policy_name or environment
+    layers = [(policies.file(name), policies.fields_of(name)) for name in (own, "default")]
+    rows = []
+    for name in SandboxPolicy.model_fields:
+        source = next((str(path) for path, fields in layers if path is not None and name in fields), BUILT_IN)
+        rows.append((name, getattr(policy, name), source))
+    return rows
+
+
+def format_value(name: str, value: Any) -> str:
+    """A policy value as it would be written in a policy file (sizes in binary units)."""
+    info = SandboxPolicy.model_fields[name]
+    if any(getattr(meta, "func", None) is parse_bytes for meta in info.metadata):
+        return format_bytes(value)
+    return json.dumps(value)
 
 
 def _describe(exc: ValidationError) -> str:
-    return "; ".join(
-        f"field {'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']} (got {err.get('input')!r})"
-        for err in exc.errors()
-    )
+    return "; ".join(_describe_one(err) for err in exc.errors())
+
+
+def _describe_one(err: Any) -> str:
+    where = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        known = ", ".join(SandboxPolicy.model_fields)
+        return f"field {where}: unknown field (allowed fields: {known})"
+    if not where:  # a check across fields
+        return str(err["msg"]).removeprefix("Value error, ")
+    info = SandboxPolicy.model_fields.get(where)
+    meaning = f" [{where}: {info.description}]" if info else ""
+    return f"field {where}: {err['msg']} (got {err.get('input')!r}){meaning}"
 
 
 def reference_markdown() -> str:
     """The policy fields as a Markdown table, for the README (a test keeps them in sync)."""
     rows = ["| field | default | meaning |", "| --- | --- | --- |"]
     for name, info in SandboxPolicy.model_fields.items():
-        is_size = any(getattr(meta, "func", None) is parse_bytes for meta in info.metadata)
-        default = format_bytes(info.default) if is_size else json.dumps(info.default)
-        rows.append(f"| `{name}` | `{default}` | {info.description} |")
+        rows.append(f"| `{name}` | `{format_value(name, info.default)}` | {info.description} |")
     return "\n".join(rows)
 
 
-def format_bytes(size: int) -> str:
-    """The shortest exact Docker-style size: 1073741824 -> "1g"."""
+def size_text(size: int) -> str:
+    """The shortest exact Docker-style size: 1073741824 -> 1g."""
     for unit, factor in sorted(_UNITS.items(), key=lambda item: -item[1]):
         if size % factor == 0:
-            return f'"{size // factor}{unit}"' if unit else str(size)
+            return f"{size // factor}{unit}"
     return str(size)
+
+
+def format_bytes(size: int) -> str:
+    """A size as a policy file would say it: 1073741824 -> "1g" (quoted), 100 -> 100."""
+    text = size_text(size)
+    return text if text.isdigit() else f'"{text}"'
+
+
+# ---------------------------------------------------------------- orsbox policy explain
+
+
+def explanation(policies: PolicySet, environment: str, policy_name: str | None = None, *,
+                full: bool = False) -> str:
+    """`orsbox policy explain`'s report: each value and its source, the container settings, the agent limits."""
+    policy = policies.resolve(environment, policy_name)
+    own = policy_name or environment
+    chain = [str(policies.file(name) or f"{name}.toml (no such file)") for name in dict.fromkeys([own, "default"])]
+    lines = [f"resolution: {' ▸ '.join([*chain, BUILT_IN])}", ""]
+    rows = [(name, format_value(name, value), source) for name, value, source in explain(policies, environment,
+                                                                                         policy_name)]
+    width = max(len(name) for name, _, _ in rows), max(len(value) for _, value, _ in rows)
+    lines += [f"{'field':<{width[0]}}  {'value':<{width[1]}}  source"]
+    lines += [f"{name:<{width[0]}}  {value:<{width[1]}}  {source}" for name, value, source in rows]
+    settings = container_settings(policy)
+    if not full:
+        settings["security_opt"] = [_abbreviate_seccomp(opt) for opt in settings["security_opt"]]
+    lines += ["", "container settings (docker-py containers.create() arguments, from container_settings):",
+              json.dumps(settings, indent=2),
+              "", "agent limits (enforced by the agent inside the container):",
+              json.dumps(policy.agent_limits(), indent=2)]
+    return "\n".join(lines)
+
+
+def _abbreviate_seccomp(option: str) -> str:
+    if not option.startswith("seccomp="):
+        return option
+    digest = hashlib.sha256(option.removeprefix("seccomp=").encode()).hexdigest()[:12]
+    return (f"seccomp=<content of {SECCOMP_PROFILE} ({len(option) - 8} bytes, sha256 {digest}): "
+            "Docker 20.10's default profile minus io_uring_*; --full prints it>")

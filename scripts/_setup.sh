@@ -72,8 +72,64 @@ build_images() {
   "$VENV/bin/orsbox" build
 }
 
+# gVisor: orsbox's runtimes for policies with `runtime = "runsc"`. The agent's socket needs
+# --host-uds=create; network "none" needs --network=none (runsc's own netstack cannot start in the
+# root network namespace here), the later network modes --network=host. Runtime arguments cannot be
+# set per container through the Docker API, hence one registered runtime per network mode.
+RUNSC_RUNTIMES='{"orsbox-runsc": ["--platform=ptrace", "--network=none", "--host-uds=create"],
+                 "orsbox-runsc-host": ["--platform=ptrace", "--network=host", "--host-uds=create"]}'
+
+ensure_runsc() {
+  local skip="runsc (gVisor) tests will be skipped"
+  if [ -n "${DOCKER_HOST:-}" ] || ! pidof dockerd >/dev/null 2>&1; then
+    say "$skip: the Docker engine is not a local dockerd this script may configure"; return 0
+  fi
+  if [ "$(id -u)" != 0 ]; then
+    say "$skip: registering runsc in /etc/docker/daemon.json needs root"; return 0
+  fi
+  if ! command -v runsc >/dev/null 2>&1; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+      say "$skip: runsc is not installed and there is no apt-get to install it"; return 0
+    fi
+    say "installing runsc (gVisor) from Debian's packages"
+    if ! { apt-get update -qq >/dev/null 2>&1 &&
+           DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runsc >/dev/null 2>&1; }; then
+      say "$skip: apt-get install runsc failed"; return 0
+    fi
+  fi
+  local changed
+  changed="$(RUNSC_PATH="$(command -v runsc)" RUNSC_RUNTIMES="$RUNSC_RUNTIMES" "$VENV/bin/python" - <<'PY'
+import json, os, pathlib
+path = pathlib.Path("/etc/docker/daemon.json")
+config = json.loads(path.read_text() or "{}") if path.exists() else {}
+runtimes = config.setdefault("runtimes", {})
+wanted = {name: {"path": os.environ["RUNSC_PATH"], "runtimeArgs": args}
+          for name, args in json.loads(os.environ["RUNSC_RUNTIMES"]).items()}
+if all(runtimes.get(name) == value for name, value in wanted.items()):
+    print("no")
+else:
+    runtimes.update(wanted)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".orsbox-tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    tmp.replace(path)
+    print("yes")
+PY
+)" || { say "$skip: could not update /etc/docker/daemon.json"; return 0; }
+  if [ "$changed" = yes ]; then
+    say "registered orsbox-runsc runtimes in /etc/docker/daemon.json; reloading dockerd (SIGHUP, no restart)"
+    kill -HUP $(pidof dockerd)
+    for _ in $(seq 50); do
+      docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q orsbox-runsc && return 0
+      sleep 0.2
+    done
+    say "$skip: dockerd did not load the runtimes after SIGHUP (see its log)"
+  fi
+}
+
 setup_all() {
   setup_venv
   check_docker
+  ensure_runsc
   build_images
 }

@@ -4,10 +4,7 @@ Whatever happens, every live session has exactly one container and ended ones ha
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -23,6 +20,7 @@ from orsbox.config import Config
 from orsbox.server import create_app
 
 from .conftest import NODE_ID, Ors, managed_containers, parse_sse, session_containers
+from .support.engine import stop_engine, why_not_restartable
 from .support.server import OrsboxProcess
 
 pytestmark = pytest.mark.docker
@@ -212,21 +210,15 @@ async def test_shutdown_lets_running_calls_finish(server_factory: Any, engine: d
     assert managed_containers(engine) == []
 
 
-def _can_restart_engine() -> bool:
-    return os.geteuid() == 0 and shutil.which("service") is not None and Path("/etc/init.d/docker").exists() \
-        and os.environ.get("ORSBOX_TEST_NO_ENGINE_RESTART") != "1"
-
-
 @pytest.mark.engine_restart
-@pytest.mark.skipif(not _can_restart_engine(), reason="needs root and /etc/init.d/docker to restart the engine "
-                                                      "(or ORSBOX_TEST_NO_ENGINE_RESTART=1 was set)")
+@pytest.mark.skipif(why_not_restartable() is not None, reason=f"cannot restart the engine: {why_not_restartable()}")
 async def test_an_engine_restart_is_survived(server_factory: Any, engine: docker.DockerClient) -> None:
     server = server_factory()
     sid = str(uuid.uuid4())
     async with aiohttp.ClientSession(server.url) as http:
         assert (await create(http, sid)).status == 200
         assert (await bash(http, sid, "true"))[0] == 200
-        subprocess.run(["service", "docker", "stop"], check=True, capture_output=True, timeout=120)
+        start_engine = await asyncio.get_running_loop().run_in_executor(None, stop_engine)
         try:
             down = None
             for _ in range(50):
@@ -237,7 +229,7 @@ async def test_an_engine_restart_is_survived(server_factory: Any, engine: docker
             assert down is not None and down.status == 503
             assert (await down.json())["status"] == "engine_unreachable"
         finally:
-            subprocess.run(["service", "docker", "start"], check=True, capture_output=True, timeout=120)
+            await asyncio.get_running_loop().run_in_executor(None, start_engine)
         engine.ping()
         for _ in range(100):
             if (await http.get("/health")).status == 200:
@@ -254,3 +246,16 @@ async def test_an_engine_restart_is_survived(server_factory: Any, engine: docker
     while managed_containers(engine) and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
     assert managed_containers(engine) == []
+
+
+async def test_submit_racing_other_calls_grades_once(ors: Ors) -> None:
+    sid = await ors.new_session(split="train", index=0)
+    await ors.bash(sid, "echo 'hello world' > hello.txt")
+    calls = [ors.bash(sid, f"sleep 0.{i}; echo {i} >> log.txt") for i in range(4)]
+    calls += [ors.call(sid, "submit"), ors.call(sid, "submit")]
+    answers = await asyncio.gather(*calls)
+    graded = [a.result for a in answers if a.result.get("ok") and a.result["output"]["finished"]]
+    refused = [a.result for a in answers if not a.result.get("ok")]
+    assert len(graded) == 1 and graded[0]["output"]["reward"] == 1.0
+    assert all(r["reason"] == "episode_finished" for r in refused)
+    await ors.delete(sid)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -11,7 +14,15 @@ import pytest
 from orsbox.agent.authoring import AuthoringError, Environment, ToolOutput, derive_input_schema, tool, validate_input
 from orsbox.agent.commands import OutputCapture
 from orsbox.errors import ConfigError
-from orsbox.policy import PolicySet, SandboxPolicy, container_settings, parse_bytes
+from orsbox.policy import (
+    PolicySet,
+    SandboxPolicy,
+    container_settings,
+    explain,
+    parse_bytes,
+    runtime_problem,
+    seccomp_profile,
+)
 from orsbox.server.sse import split_for_sse
 
 
@@ -54,7 +65,8 @@ def test_output_capture_never_splits_a_character() -> None:
 def test_policy_maps_to_the_hardened_container() -> None:
     settings = container_settings(SandboxPolicy())
     assert settings["cap_drop"] == ["ALL"] and settings["cap_add"] == ["SETUID", "SETGID", "KILL"]
-    assert settings["security_opt"] == ["no-new-privileges"] and settings["read_only"] is True
+    assert settings["security_opt"] == ["no-new-privileges", f"seccomp={seccomp_profile()}"]
+    assert settings["read_only"] is True and settings["runtime"] == "runc" and settings["shm_size"] == 64 * 1024**2
     assert settings["network_mode"] == "none" and settings["init"] is True
     assert settings["mem_limit"] == settings["memswap_limit"] == 1024**3
     assert settings["pids_limit"] == 256 and settings["nano_cpus"] == 1_000_000_000
@@ -79,6 +91,84 @@ def test_policy_files_resolve_and_bad_ones_name_file_and_field(tmp_path: Path) -
         PolicySet.load(tmp_path)
     assert "broken.toml" in caught.value.detail and "pids" in caught.value.detail
     assert "mystery" in caught.value.detail
+
+
+def test_the_seccomp_profile_is_dockers_default_without_io_uring() -> None:
+    profile = json.loads(seccomp_profile())
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO" and profile["defaultErrnoRet"] == 1
+    names = {name for rule in profile["syscalls"] for name in rule["names"]}
+    assert not {name for name in names if name.startswith("io_uring")}
+    assert {"read", "clone", "clone3", "openat2", "faccessat2", "close_range", "ptrace"} <= names
+    [clone3] = [rule for rule in profile["syscalls"] if rule["names"] == ["clone3"]]
+    assert clone3["errnoRet"] == 38  # ENOSYS, so that glibc falls back to clone
+
+
+def test_explain_says_where_each_value_comes_from(tmp_path: Path) -> None:
+    (tmp_path / "default.toml").write_text('memory = "2g"\npids = 100\n')
+    (tmp_path / "strict.toml").write_text("pids = 50\n")
+    rows = {name: (value, source) for name, value, source in explain(PolicySet.load(tmp_path), "bash", "strict")}
+    assert rows["pids"] == (50, str(tmp_path / "strict.toml"))
+    assert rows["memory"] == (2 * 1024**3, str(tmp_path / "default.toml"))
+    assert rows["cpus"] == (1.0, "built-in")
+    assert {name for name, _, _ in explain(PolicySet.load(tmp_path), "bash")} == set(SandboxPolicy.model_fields)
+
+
+def test_full_disks_must_leave_memory_to_run() -> None:
+    with pytest.raises(ValueError, match="must leave at least 64m of memory"):
+        SandboxPolicy(memory="512m")
+    assert SandboxPolicy(memory="512m", workspace_size="64m").memory == 512 * 1024**2
+
+
+def test_runsc_needs_orsbox_runtime_registered_with_its_arguments() -> None:
+    gvisor = SandboxPolicy(runtime="runsc")
+    assert container_settings(gvisor)["runtime"] == "orsbox-runsc"
+    assert runtime_problem(SandboxPolicy(), {"runc": []}) is None
+    missing = runtime_problem(gvisor, {"runc": []})
+    assert missing and "lacks" in missing and "daemon.json" in missing and "--host-uds=create" in missing
+    bare = runtime_problem(gvisor, {"orsbox-runsc": ["--platform=ptrace"]})
+    assert bare and "without --network=none" in bare
+    assert runtime_problem(gvisor, {"orsbox-runsc": ["--network=none", "--host-uds=all"]}) is None
+
+
+def test_start_up_refuses_policies_the_engine_cannot_run(tmp_path: Path) -> None:
+    (tmp_path / "bash.toml").write_text('runtime = "runsc"\n')
+    policies = PolicySet.load(tmp_path)
+    with pytest.raises(ConfigError, match=r"bash\.toml: runtime 'runsc' needs the Docker runtime 'orsbox-runsc'"):
+        policies.require_runtimes({"runc": []})
+    policies.require_runtimes({"runc": [], "orsbox-runsc": ["--network=none", "--host-uds=create"]})
+
+
+def orsbox(*args: str, engine: str) -> subprocess.CompletedProcess[str]:
+    """The orsbox command, run as ops would (`engine`: DOCKER_HOST)."""
+    return subprocess.run([sys.executable, "-m", "orsbox.cli", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DOCKER_HOST": engine})
+
+
+def test_policy_check_names_file_field_and_what_is_allowed(tmp_path: Path) -> None:
+    no_engine = f"unix://{tmp_path}/no-engine.sock"
+    (tmp_path / "bash.toml").write_text('runtime = "kata"\ncpu = 2\n')
+    bad = orsbox("policy", "check", "--policies", str(tmp_path), engine=no_engine)
+    assert bad.returncode == 1
+    assert f"{tmp_path / 'bash.toml'}: field runtime: Input should be 'runc' or 'runsc'" in bad.stderr
+    assert "field cpu: unknown field (allowed fields: cpus, memory," in bad.stderr
+    (tmp_path / "bash.toml").write_text("cpus = 2\n")
+    good = orsbox("policy", "check", "--policies", str(tmp_path), engine=no_engine)
+    assert good.returncode == 0, good.stderr
+    assert "ok: the policies in" in good.stdout
+    assert "runtimes not checked: the Docker engine does not answer" in good.stdout
+
+
+def test_policy_explain_works_from_files_when_the_engine_is_away(tmp_path: Path) -> None:
+    (tmp_path / "bash.toml").write_text("pids = 64\n")
+    explained = orsbox("policy", "explain", "bash", "--policies", str(tmp_path),
+                       engine=f"unix://{tmp_path}/no-engine.sock")
+    assert explained.returncode == 0, explained.stderr
+    out = explained.stdout
+    assert "the Docker engine does not answer" in out and "explaining from the policy files only" in out
+    assert f"pids              64       {tmp_path / 'bash.toml'}" in out
+    settings = json.loads(out[out.index("{"):out.index("\n}\n") + 2])
+    assert settings["pids_limit"] == 64 and settings["security_opt"][1].startswith("seccomp=<content of ")
+    assert '"default_timeout": 120.0' in out
 
 
 def test_the_shipped_policies_are_valid() -> None:

@@ -12,7 +12,11 @@ and KILL). Every command:
   agent never holds more than the cap in memory;
 - leaves nothing behind: once it ends, every process of the command user is
   killed (background jobs, daemons that called setsid), so commands of one
-  session run one at a time.
+  session run one at a time;
+- is reported as `oom_killed` when the memory killer killed any of its processes,
+  read from the container's own cgroup counter before and after it (Docker's
+  OOMKilled flag only covers the container's main process). Where the counter
+  cannot be read, nothing is reported rather than guessed.
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ from typing import Any, Dict, List, Optional
 
 #: How long to wait for the output pipe to close after every writer was killed (s).
 _DRAIN_TIMEOUT = 5.0
+
+#: Where the container's cgroup counts memory-killer kills: (file, key), cgroup v1 then v2.
+OOM_COUNTERS = (
+    ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
+    ("/sys/fs/cgroup/memory.events", "oom_kill"),
+)
 
 
 @dataclass
@@ -58,9 +68,15 @@ class CommandResult:
     timed_out: bool
     truncated: bool
     duration: float  # seconds
+    oom_killed: Optional[bool] = None  # None: the cgroup's kill counter could not be read
 
     def metadata(self) -> Dict[str, object]:
-        return {"exit_code": self.exit_code, "timed_out": self.timed_out, "truncated": self.truncated}
+        """What the caller sees; `oom_killed` only when the memory killer did kill a process of the command."""
+        meta: Dict[str, object] = {"exit_code": self.exit_code, "timed_out": self.timed_out,
+                                   "truncated": self.truncated}
+        if self.oom_killed:
+            meta["oom_killed"] = True
+        return meta
 
 
 class OutputCapture:
@@ -133,6 +149,7 @@ async def run_command(command: str, *, timeout: Optional[float] = None, cwd: str
 
 async def _run(command: str, limit: float, cwd: str) -> CommandResult:
     started = time.monotonic()
+    kills_before = oom_kills()
     # Our own pipe, not asyncio's: Process.wait() must mean "bash exited", even
     # while a background job still holds the output open (Python 3.12+ waits for pipes).
     read_fd, write_fd = os.pipe()
@@ -167,7 +184,24 @@ async def _run(command: str, limit: float, cwd: str) -> CommandResult:
         await asyncio.wait_for(pump, timeout=_DRAIN_TIMEOUT)
     except asyncio.TimeoutError:
         pass
-    return CommandResult(capture.text(), proc.returncode, timed_out, capture.truncated, time.monotonic() - started)
+    kills_after = oom_kills()
+    oom_killed = None if kills_before is None or kills_after is None else kills_after > kills_before
+    return CommandResult(capture.text(), proc.returncode, timed_out, capture.truncated, time.monotonic() - started,
+                         oom_killed)
+
+
+def oom_kills() -> Optional[int]:
+    """How many processes the memory killer has killed in this container so far, or None if unreadable."""
+    for path, key in OOM_COUNTERS:
+        try:
+            with open(path) as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 async def _pump(read_fd: int, capture: OutputCapture) -> None:

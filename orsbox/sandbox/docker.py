@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +30,7 @@ import structlog
 from .. import agent as agent_package
 from ..agent import wire
 from ..errors import SandboxError
-from ..policy import SandboxPolicy, container_settings
+from ..policy import SandboxPolicy, container_settings, runtime_problem
 from .backend import (
     LABEL_AGENT,
     LABEL_CREATED,
@@ -94,8 +95,10 @@ def stage_agent(state_dir: Path) -> Path:
 class DockerBackend:
     """Sessions as Docker containers on the local engine."""
 
-    def __init__(self, client: docker.DockerClient, *, state_dir: Path, node_id: str, pool_size: int) -> None:
+    def __init__(self, client: docker.DockerClient, *, state_dir: Path, node_id: str, pool_size: int,
+                 runtimes: dict[str, list[str]] | None = None) -> None:
         self.client = client
+        self.runtimes = runtimes if runtimes is not None else {"runc": []}  # name -> registered arguments
         self.state_dir = state_dir
         self.sessions_dir = state_dir / "sessions"
         self.node_id = node_id
@@ -108,17 +111,17 @@ class DockerBackend:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         (state_dir / "sessions").mkdir(exist_ok=True, mode=0o700)
 
-        def connect() -> docker.DockerClient:
+        def connect() -> tuple[docker.DockerClient, dict[str, list[str]]]:
             client = docker.from_env(timeout=int(timeout), max_pool_size=pool_size)
             client.ping()
-            return client
+            return client, engine_runtimes(client)
 
         try:
-            client = await asyncio.get_running_loop().run_in_executor(None, connect)
+            client, runtimes = await asyncio.get_running_loop().run_in_executor(None, connect)
         except (docker.errors.DockerException, requests.RequestException) as exc:
-            where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-            raise SandboxError(f"the Docker engine does not answer at {where}: {exc}") from exc
-        return cls(client, state_dir=state_dir, node_id=node_id, pool_size=pool_size)
+            raise SandboxError(f"the Docker engine does not answer at {_engine_address()}: {exc}") from exc
+        log.info("docker_connected", runtimes=sorted(runtimes))
+        return cls(client, state_dir=state_dir, node_id=node_id, pool_size=pool_size, runtimes=runtimes)
 
     async def _run(self, action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking engine call in the executor, keeping log context; map its errors."""
@@ -158,6 +161,7 @@ class DockerBackend:
 
     async def describe(self, image: EnvironmentImage, policy: SandboxPolicy) -> dict[str, Any]:
         """Run the image's agent in describe mode in a locked-down, network-less container."""
+        self._require_runtime(policy)
         command = self._agent_command("describe", image, policy)
         settings = self._settings(policy, labels=self._labels(role="describe", environment=image.name))
         settings["volumes"] = {str(self.agent_dir): {"bind": AGENT_MOUNT, "mode": "ro"}}
@@ -176,6 +180,7 @@ class DockerBackend:
 
     async def create(self, spec: SandboxSpec) -> Sandbox:
         """Create and start the session's container; its agent will listen in `session_dir`."""
+        self._require_runtime(spec.policy)
         name = f"orsbox-{hashlib.sha256(spec.session_id.encode()).hexdigest()[:12]}-{secrets.token_hex(3)}"
         session_dir = self.sessions_dir / name
         session_dir.mkdir(mode=0o700)
@@ -189,8 +194,7 @@ class DockerBackend:
         command = self._agent_command("serve", spec.environment, spec.policy)
         sandbox = Sandbox(container_id="", name=name, session_dir=session_dir)
         try:
-            container = await self._run("create container", self.client.containers.create,
-                                        spec.environment.image_id, command, name=name, **settings)
+            container = await self._create_once(name, spec.environment.image_id, command, settings)
             sandbox = Sandbox(container_id=container.id, name=name, session_dir=session_dir)
             await self._run("start container", container.start)
         except BaseException:
@@ -198,6 +202,33 @@ class DockerBackend:
             raise
         log.info("container_started", container=name)
         return sandbox
+
+    async def _create_once(self, name: str, image: str, command: list[str], settings: dict[str, Any]) -> Any:
+        """Create the container named `name`, retrying transient engine errors; exactly one ever exists.
+
+        A retry after a create that reached the engine finds the container by name (a 409) and uses it.
+        """
+        for attempt, pause in enumerate(CREATE_RETRY_PAUSES):
+            try:
+                return await self._run("create container", self.client.containers.create,
+                                       image, command, name=name, **settings)
+            except SandboxError as exc:
+                if not _transient(exc) and not _conflict(exc):
+                    raise
+                existing = await self._find_by_name(name)
+                if existing is not None:
+                    return existing
+                if attempt == len(CREATE_RETRY_PAUSES) - 1:
+                    raise
+                log.warning("container_create_retried", container=name, error=exc.detail)
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
+
+    async def _find_by_name(self, name: str) -> Any:
+        try:
+            return await self._run("find container", self.client.containers.get, name)
+        except SandboxError:
+            return None
 
     async def is_running(self, sandbox: Sandbox) -> bool:
         try:
@@ -221,9 +252,20 @@ class DockerBackend:
     async def list_managed(self) -> list[ManagedContainer]:
         containers = await self._run("list containers", self.client.api.containers, all=True,
                                      filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_NODE}={self.node_id}"]})
-        return [ManagedContainer(c["Id"], c.get("Labels") or {}, c.get("State", "")) for c in containers]
+        return [ManagedContainer(c["Id"], (c.get("Names") or ["/"])[0].lstrip("/"), c.get("Labels") or {},
+                                 c.get("State", "")) for c in containers]
+
+    def sandbox_of(self, container: ManagedContainer) -> Sandbox:
+        """The sandbox a listed session container is, to adopt or remove it."""
+        return Sandbox(container_id=container.container_id, name=container.name,
+                       session_dir=self.sessions_dir / container.name)
 
     # -- helpers -------------------------------------------------------------
+
+    def _require_runtime(self, policy: SandboxPolicy) -> None:
+        problem = runtime_problem(policy, self.runtimes)
+        if problem:
+            raise SandboxError(problem)
 
     def _labels(self, *, role: str, environment: str) -> dict[str, str]:
         return {
@@ -254,6 +296,66 @@ class DockerBackend:
     def _agent_command(mode: str, image: EnvironmentImage, policy: SandboxPolicy) -> list[str]:
         limits = json.dumps(policy.agent_limits(), separators=(",", ":"))
         return ["python3", "-B", "-m", "orsbox.agent", mode, "--entrypoint", image.entrypoint, "--limits", limits]
+
+
+def engine_runtimes(client: docker.DockerClient) -> dict[str, list[str]]:
+    """The OCI runtimes the engine has (`docker info`), each with the arguments it was registered with."""
+    runtimes = client.info().get("Runtimes") or {}
+    return {name: list((spec or {}).get("runtimeArgs") or []) for name, spec in runtimes.items()}
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What `orsbox policy` reads from the engine."""
+
+    runtimes: dict[str, list[str]]
+    image: str | None  # the environment's newest image (first tag), if any
+    policy_label: str | None  # that image's orsbox.policy label
+
+
+def engine_facts(environment: str | None = None, *, timeout: float = 10.0) -> EngineFacts:
+    """The engine's runtimes and `environment`'s image label (blocking; for the CLI).
+
+    Raises SandboxError when the engine does not answer.
+    """
+    with engine_errors(f"ask the Docker engine at {_engine_address()}"):
+        client = docker.from_env(timeout=int(timeout))
+        try:
+            runtimes = engine_runtimes(client)
+            image = _newest_image(client, environment) if environment else None
+        finally:
+            client.close()
+    if image is None:
+        return EngineFacts(runtimes, None, None)
+    return EngineFacts(runtimes, (image.tags or [image.short_id])[0], (image.labels or {}).get(LABEL_POLICY_NAME))
+
+
+def _newest_image(client: docker.DockerClient, environment: str) -> Any:
+    """The image the catalog would serve `environment` from (newest by creation time), or None."""
+    images = [image for image in client.images.list(filters={"label": LABEL_ENVIRONMENT})
+              if (image.labels or {}).get(LABEL_ENVIRONMENT, "").lower() == environment.lower()
+              and (image.labels or {}).get(LABEL_ENTRYPOINT) and image.tags]
+    return max(images, key=lambda image: image.attrs.get("Created", ""), default=None)
+
+
+def _engine_address() -> str:
+    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+CREATE_RETRY_PAUSES = (0.2, 0.5, 1.0)  # s between attempts at creating a container
+
+
+def _transient(exc: SandboxError) -> bool:
+    """An engine error worth retrying: the engine was unreachable or answered 5xx."""
+    cause = exc.__cause__
+    if isinstance(cause, docker.errors.APIError):
+        return cause.status_code is not None and cause.status_code >= 500
+    return isinstance(cause, (requests.ConnectionError, requests.Timeout))
+
+
+def _conflict(exc: SandboxError) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, docker.errors.APIError) and cause.status_code == 409
 
 
 def _wait(container: Any, timeout: float) -> int:

@@ -42,6 +42,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
 
     async def catalog(app: web.Application) -> AsyncIterator[None]:
         policies = PolicySet.load(config.policies_dir)
+        policies.require_runtimes(app[BACKEND].runtimes)  # refuse to start half-configured
         app[CATALOG] = await Catalog.load(app[BACKEND], policies, config.state_dir / "catalog",
                                           config.default_environment)
         if not app[CATALOG].names():
