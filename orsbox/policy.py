@@ -76,6 +76,9 @@ class SandboxPolicy(BaseModel):
     max_lifetime: float = Field(6 * 3600.0, gt=0, description="s a session may live in all")
     # output
     output_cap: Bytes = Field(256 * 1024, description="bytes of command output returned per call (head + tail)")
+    # admission
+    max_sessions: int | None = Field(None, ge=1, description="live sessions of this environment at most (429 past it)")
+    max_starting: int | None = Field(None, ge=1, description="containers of this environment started at once")
 
     @model_validator(mode="after")
     def _tmpfs_fits_in_memory(self) -> SandboxPolicy:

@@ -133,6 +133,7 @@ class SessionManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self._starts = asyncio.Semaphore(config.max_starting)
+        self._starts_by_env: dict[str, asyncio.Semaphore] = {}
         self.closing = False
         self.engine_up = True
 
@@ -263,6 +264,7 @@ class SessionManager:
         if len(self.sessions) >= self.config.max_sessions:
             raise TooManySessions(f"orsbox is at its limit of {self.config.max_sessions} live sessions; retry later")
         env = self.catalog.get(body.env_name) if body.env_name else self.catalog.get(self.catalog.default or "")
+        self._admit(env)
         task = body.task_spec if body.task_spec is not None else env.task(body.split or "", body.index or 0)
         session = Session(id=sid, env=env, task=dict(task), owner=owner_of(api_key))
         self.sessions[sid] = session
@@ -271,13 +273,24 @@ class SessionManager:
         log.info("session_created", session_id=sid, env=env.name, task_id=task.get("id"))
         return session
 
+    def _admit(self, env: EnvironmentInfo) -> None:
+        limit = env.policy.max_sessions
+        if limit is not None and sum(s.env.name == env.name for s in self.sessions.values()) >= limit:
+            raise TooManySessions(f"environment {env.name!r} is at its limit of {limit} live sessions; retry later")
+
+    def _env_starts(self, env: EnvironmentInfo) -> asyncio.Semaphore:
+        """The environment's own limit on containers coming up at once (default: the global one)."""
+        if env.name not in self._starts_by_env:
+            self._starts_by_env[env.name] = asyncio.Semaphore(env.policy.max_starting or self.config.max_starting)
+        return self._starts_by_env[env.name]
+
     async def _start(self, session: Session, secrets: dict[str, str]) -> None:
         policy = session.env.policy
         started = time.monotonic()
         spec = SandboxSpec(session.id, session.env.image, policy, {OWNER_LABEL: session.owner})
         try:
             async with asyncio.timeout(policy.setup_timeout):
-                async with self._starts:  # at most max_starting containers come up at once
+                async with self._env_starts(session.env), self._starts:  # bounded starts, queued beyond
                     session.sandbox_future = self._spawn(self.backend.create(spec), session)
                     sandbox = await asyncio.shield(session.sandbox_future)
                     channel = await AgentChannel.connect(

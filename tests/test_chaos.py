@@ -259,3 +259,13 @@ async def test_submit_racing_other_calls_grades_once(ors: Ors) -> None:
     assert len(graded) == 1 and graded[0]["output"]["reward"] == 1.0
     assert all(r["reason"] == "episode_finished" for r in refused)
     await ors.delete(sid)
+
+
+async def test_an_environment_limit_is_enforced(aiohttp_client: Any, config: Config, tmp_path: Path) -> None:
+    (tmp_path / "bash.toml").write_text("max_sessions = 1\nmax_starting = 1\n")
+    ors = Ors(await aiohttp_client(create_app(config.model_copy(update={"policies_dir": tmp_path}))))
+    first = await ors.new_session()
+    refused = await ors.http.post("/create", json={"split": "train", "index": 0},
+                                  headers={"X-Session-ID": str(uuid.uuid4())})
+    assert refused.status == 429 and "environment 'bash' is at its limit of 1" in (await refused.json())["detail"]
+    await ors.delete(first)
