@@ -3,7 +3,7 @@
 Environments are images labelled `orsbox.environment`. Their splits, shared
 tools and tasks are read once per image id, by running the image's agent in
 describe mode in a locked-down container, and cached on disk under
-`<state_dir>/catalog/<image id>.json`. Discovery calls are answered from memory:
+`<state_dir>/catalog/<image id>-<agent digest>.json` (toolsets live in the agent package). Discovery calls are answered from memory:
 no container per discovery call.
 """
 
@@ -104,7 +104,7 @@ def _newest_per_name(images: list[EnvironmentImage]) -> list[EnvironmentImage]:
 
 async def _described(backend: Backend, image: EnvironmentImage, policy: SandboxPolicy,
                      cache_dir: Path) -> JSONObject:
-    path = cache_dir / f"{image.image_id.replace(':', '_')}.json"
+    path = cache_dir / f"{image.image_id.replace(':', '_')}-{backend.agent_digest}.json"
     try:
         return dict(json.loads(path.read_text()))
     except (OSError, ValueError):

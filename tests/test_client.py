@@ -51,7 +51,7 @@ async def test_discovery_through_the_client(ors: Ors, variant: str | None) -> No
     found = await in_thread(discover)
     assert found == {
         "splits": ["train", "test"],
-        "tools": ["bash", "submit"],
+        "tools": ["bash", "restart_shell", "submit"],
         "num_test": 5,
         "task": "test-4",
         "range": ["train-1", "train-2"],
@@ -77,7 +77,7 @@ async def test_full_episode_through_the_client(ors: Ors, split: str, index: int,
 
     prompt, messages, tools, looked, worked, graded = await in_thread(episode)
     assert prompt[0].text and messages[0].role == "user"
-    assert [t.name for t in tools] == ["bash", "submit"]
+    assert [t.name for t in tools] == ["bash", "restart_shell", "submit"]
     assert looked.metadata["exit_code"] == 0 and looked.blocks[0].text
     assert worked.metadata["exit_code"] == 0
     assert (graded.reward, graded.finished) == (1.0, True)

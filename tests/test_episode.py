@@ -97,12 +97,31 @@ async def test_two_sessions_cannot_see_each_other(ors: Ors, engine: docker.Docke
     await asyncio.gather(ors.delete(first), ors.delete(second))
 
 
-async def test_files_persist_between_calls_but_processes_do_not(ors: Ors) -> None:
+async def test_the_shell_persists_between_calls_until_restarted(ors: Ors) -> None:
     sid = await ors.new_session()
-    await ors.bash(sid, "echo kept > note.txt; (sleep 600 &); setsid sleep 601 & nohup sleep 602 >/dev/null 2>&1 &")
-    after = await ors.bash(sid, "cat note.txt; ps -eo user,args | grep '[s]leep 60' || echo no-sleepers")
-    assert "kept" in after.text
-    assert "no-sleepers" in after.text, after.text
+    await ors.bash(sid, "mkdir -p sub && cd sub && export COLOR=blue && greet() { echo hi $1; } && sleep 600 &")
+    await ors.bash(sid, "cd sub; export COLOR=blue; greet() { echo hi $1; }; sleep 600 & setsid sleep 601 &")
+    after = await ors.bash(sid, "pwd; echo $COLOR; greet you; ps -eo args | grep -c '[s]leep 60'")
+    assert after.text.split() == ["/workspace/sub", "blue", "hi", "you", "3"]
+    restarted = await ors.call(sid, "restart_shell")
+    assert restarted.text == "The shell was restarted."
+    fresh = await ors.bash(sid, "pwd; echo ${COLOR:-unset}; ps -eo args | grep -c '[s]leep 60'")
+    assert fresh.text.split() == ["/workspace", "unset", "0"]
+    await ors.delete(sid)
+
+
+async def test_a_shell_that_exits_or_times_out_is_replaced(ors: Ors) -> None:
+    sid = await ors.new_session()
+    exited = await ors.bash(sid, "cd /tmp; echo bye; exit 7")
+    assert exited.text == "bye\n" and exited.output["metadata"]["exit_code"] == 7
+    after = await ors.bash(sid, "pwd")
+    assert after.text == "/workspace\n" and after.output["metadata"]["shell_restarted"] is True
+    slow = await ors.bash(sid, "echo started; sleep 30", timeout=1)
+    assert slow.output["metadata"]["timed_out"] is True and slow.text == "started\n"
+    again = await ors.bash(sid, "echo ok")
+    assert again.text == "ok\n" and again.output["metadata"]["shell_restarted"] is True
+    tricky = await ors.bash(sid, "cat; echo \"$(printf 'EOF\\n')\"; echo __orsbox_done_x__ 1; read -t 1 x; echo $?")
+    assert tricky.output["metadata"]["exit_code"] == 0 and "__orsbox_done_x__ 1" in tricky.text
     await ors.delete(sid)
 
 
@@ -126,6 +145,6 @@ async def test_official_client_runs_an_episode(ors: Ors) -> None:
         return {"prompt": prompt, "tools": tools, "reward": graded.reward, "finished": graded.finished}
 
     outcome = await asyncio.get_running_loop().run_in_executor(None, episode)
-    assert outcome["tools"] == ["bash", "submit"]
+    assert outcome["tools"] == ["bash", "restart_shell", "submit"]
     assert "numbers.txt" in outcome["prompt"][0].text
     assert outcome["reward"] == 1.0 and outcome["finished"] is True

@@ -41,7 +41,7 @@ async def test_health_version_and_environments(ors: Ors) -> None:
 
 async def test_discovery(ors: Ors) -> None:
     tools = await (await ors.http.get("/bash/tools")).json()
-    assert [t["name"] for t in tools["tools"]] == ["bash", "submit"]
+    assert [t["name"] for t in tools["tools"]] == ["bash", "restart_shell", "submit"]
     assert all(set(t) == {"name", "description", "input_schema"} for t in tools["tools"])
     assert tools["tools"][0]["input_schema"] == BASH_SCHEMA
     assert tools["terminal_tool"] is None and tools["supports_score_group"] is False

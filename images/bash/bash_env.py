@@ -13,6 +13,7 @@ import shlex
 from typing import Awaitable, Callable, Dict, List, Optional
 
 from orsbox.agent import Environment, TextBlock, ToolOutput, tool
+from orsbox.agent.toolsets import ShellTools
 
 TASKS: Dict[str, List[Dict[str, str]]] = {
     "train": [
@@ -45,8 +46,8 @@ Files = Dict[str, str]
 Grader = Callable[["BashEnvironment"], Awaitable[bool]]
 
 
-class BashEnvironment(Environment):
-    """Shell tasks in a sandboxed /workspace."""
+class BashEnvironment(ShellTools, Environment):
+    """Shell tasks in a sandboxed /workspace, worked on with a persistent shell (`bash`, `restart_shell`)."""
 
     @classmethod
     def list_splits(cls) -> List[str]:
@@ -79,16 +80,6 @@ class BashEnvironment(Environment):
     def get_prompt(self) -> List[TextBlock]:
         return [TextBlock(self.task["instruction"] + "\n\nUse the bash tool to work in /workspace, "
                           "then call submit to have your work graded.")]
-
-    @tool
-    async def bash(self, command: str, timeout: Optional[float] = None) -> ToolOutput:
-        """Run a bash command in /workspace and return its combined stdout and stderr.
-
-        Each call starts a fresh shell as an unprivileged user; files persist,
-        background processes do not. `timeout` is in seconds.
-        """
-        result = await self.run(command, timeout=timeout)
-        return ToolOutput(blocks=[TextBlock(result.output)], metadata=result.metadata(), reward=0.0, finished=False)
 
     @tool(exclusive=True)
     async def submit(self) -> ToolOutput:

@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Set
 
 #: How long to wait for the output pipe to close after every writer was killed (s).
 _DRAIN_TIMEOUT = 5.0
@@ -69,13 +69,16 @@ class CommandResult:
     truncated: bool
     duration: float  # seconds
     oom_killed: Optional[bool] = None  # None: the cgroup's kill counter could not be read
+    shell_restarted: bool = False  # a persistent shell had died (timeout, exit) and this call got a new one
 
     def metadata(self) -> Dict[str, object]:
-        """What the caller sees; `oom_killed` only when the memory killer did kill a process of the command."""
+        """What the caller sees; `oom_killed` and `shell_restarted` only when they happened."""
         meta: Dict[str, object] = {"exit_code": self.exit_code, "timed_out": self.timed_out,
                                    "truncated": self.truncated}
         if self.oom_killed:
             meta["oom_killed"] = True
+        if self.shell_restarted:
+            meta["shell_restarted"] = True
         return meta
 
 
@@ -162,7 +165,7 @@ async def _run(command: str, limit: float, cwd: str) -> CommandResult:
             cwd=cwd,
             env=command_env(cwd),
             start_new_session=True,
-            **_drop_privileges(),
+            **drop_privileges(),
         )
     except BaseException:
         os.close(read_fd)
@@ -178,7 +181,7 @@ async def _run(command: str, limit: float, cwd: str) -> CommandResult:
         timed_out = True
     finally:
         _kill_group(proc.pid)
-        kill_user_processes(LIMITS.uid)
+        kill_user_processes(LIMITS.uid, spare_groups=LIVE_SHELL_GROUPS)
         await proc.wait()
     try:
         await asyncio.wait_for(pump, timeout=_DRAIN_TIMEOUT)
@@ -220,7 +223,7 @@ async def _pump(read_fd: int, capture: OutputCapture) -> None:
         transport.close()
 
 
-def _drop_privileges() -> Dict[str, Any]:
+def drop_privileges() -> Dict[str, Any]:
     """Popen arguments that make the child the command user with no extra groups."""
     if sys.version_info >= (3, 9):
         return {"user": LIMITS.uid, "group": LIMITS.gid, "extra_groups": []}
@@ -260,10 +263,15 @@ def user_pids(uid: int) -> List[int]:
     return pids
 
 
-def kill_user_processes(uid: int, rounds: int = 200) -> bool:
-    """SIGKILL every process of `uid`, repeating until none is left (fork bombs included)."""
+#: Process groups of live persistent shells (see shell.py): the clean-up after one-shot commands spares them.
+LIVE_SHELL_GROUPS: Set[int] = set()
+
+
+def kill_user_processes(uid: int, rounds: int = 200, spare_groups: Iterable[int] = ()) -> bool:
+    """SIGKILL every process of `uid` outside `spare_groups`, repeating until none is left (fork bombs included)."""
+    spare = set(spare_groups)
     for _ in range(rounds):
-        pids = user_pids(uid)
+        pids = [pid for pid in user_pids(uid) if not spare or _group_of(pid) not in spare]
         if not pids:
             return True
         for pid in pids:
@@ -272,4 +280,11 @@ def kill_user_processes(uid: int, rounds: int = 200) -> bool:
             except (ProcessLookupError, PermissionError):
                 pass
         time.sleep(0.002)
-    return not user_pids(uid)
+    return not [pid for pid in user_pids(uid) if not spare or _group_of(pid) not in spare]
+
+
+def _group_of(pid: int) -> Optional[int]:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None

@@ -72,6 +72,7 @@ class ManagedContainer:
 
 class Backend(Protocol):
     runtimes: dict[str, list[str]]  # OCI runtimes the engine offers -> their registered arguments
+    agent_digest: str  # identifies the agent package mounted into containers (discovery data depends on it)
 
     async def list_environment_images(self) -> list[EnvironmentImage]: ...
     async def describe(self, image: EnvironmentImage, policy: SandboxPolicy) -> dict[str, Any]: ...

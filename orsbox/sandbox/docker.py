@@ -103,6 +103,7 @@ class DockerBackend:
         self.sessions_dir = state_dir / "sessions"
         self.node_id = node_id
         self.agent_dir = stage_agent(state_dir)
+        self.agent_digest = self.agent_dir.name
         self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="docker")
 
     @classmethod

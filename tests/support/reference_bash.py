@@ -41,6 +41,7 @@ from openreward.environments import Environment, Server, TextBlock, ToolOutput, 
 from pydantic import BaseModel, ConfigDict
 
 from orsbox.agent.commands import OutputCapture  # the same truncation as orsbox's agent
+from orsbox.agent.toolsets import ShellTools
 
 ROOT = Path(__file__).resolve().parents[2]
 BASH_ENV_PATH = ROOT / "images" / "bash" / "bash_env.py"
@@ -75,6 +76,11 @@ class BashInput(BaseModel):
 
     command: str
     timeout: float | None = None
+
+
+class RestartShellInput(BaseModel):
+    # No fields and no docstring, like SubmitInput.
+    model_config = ConfigDict(extra="forbid")
 
 
 class SubmitInput(BaseModel):
@@ -164,13 +170,14 @@ class BashTwin(Environment):  # type: ignore[misc]
 
     @tool  # type: ignore[untyped-decorator]
     async def bash(self, params: BashInput) -> ToolOutput:
-        """Run a bash command in /workspace and return its combined stdout and stderr.
-
-        Each call starts a fresh shell as an unprivileged user; files persist,
-        background processes do not. `timeout` is in seconds.
-        """
+        # (the docstring is orsbox's ShellTools.bash's, set below; unlike it, each call is a fresh shell here)
         output, metadata = await run_command(params.command, self.workdir, params.timeout)
         return ToolOutput(blocks=[TextBlock(text=output)], metadata=metadata, reward=0.0, finished=False)
+
+    @tool  # type: ignore[untyped-decorator]
+    async def restart_shell(self, params: RestartShellInput) -> ToolOutput:
+        # (the docstring is orsbox's ShellTools.restart_shell's, set below)
+        return ToolOutput(blocks=[TextBlock(text="The shell was restarted.")], reward=0.0)
 
     @tool(exclusive=True)  # type: ignore[untyped-decorator]
     async def submit(self, params: SubmitInput) -> ToolOutput:
@@ -181,7 +188,9 @@ class BashTwin(Environment):  # type: ignore[misc]
 
 # Descriptions as orsbox lists them: the docstring with its indentation removed
 # (openreward only strip()s it, which keeps the continuation lines' indentation).
-for _fn in (BashTwin.bash, BashTwin.submit):
+BashTwin.bash.__doc__ = ShellTools.bash.__doc__
+BashTwin.restart_shell.__doc__ = ShellTools.restart_shell.__doc__
+for _fn in (BashTwin.bash, BashTwin.restart_shell, BashTwin.submit):
     _fn.__doc__ = inspect.cleandoc(_fn.__doc__ or "")
 
 
