@@ -99,7 +99,7 @@ async def test_two_sessions_cannot_see_each_other(ors: Ors, engine: docker.Docke
 
 async def test_the_shell_persists_between_calls_until_restarted(ors: Ors) -> None:
     sid = await ors.new_session()
-    await ors.bash(sid, "mkdir -p sub && cd sub && export COLOR=blue && greet() { echo hi $1; } && sleep 600 &")
+    await ors.bash(sid, "mkdir -p sub; sleep 600 &")
     await ors.bash(sid, "cd sub; export COLOR=blue; greet() { echo hi $1; }; sleep 600 & setsid sleep 601 &")
     after = await ors.bash(sid, "pwd; echo $COLOR; greet you; ps -eo args | grep -c '[s]leep 60'")
     assert after.text.split() == ["/workspace/sub", "blue", "hi", "you", "3"]

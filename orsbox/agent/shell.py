@@ -101,8 +101,11 @@ class Shell:
         self._capture = OutputCapture(commands.LIMITS.output_cap)
         self._done = asyncio.get_running_loop().create_future()
         delimiter = "__orsbox_eof_%s__" % nonce
-        script = "eval \"$(cat <<'%s'\n%s\n%s\n)\" < /dev/null\nprintf '\\n__orsbox_done_%s__ %%d\\n' \"$?\"\n" % (
-            delimiter, command, delimiter, nonce)
+        # Read the command from a quoted here-document (no expansion; no fork, unlike $(cat <<…)), eval it
+        # in this shell so cd/exports persist, then print the marker with its status.
+        script = ("IFS= read -r -d '' __orsbox_command <<'%s'\n%s\n%s\n"
+                  "eval \"$__orsbox_command\" < /dev/null\n"
+                  "printf '\\n__orsbox_done_%s__ %%d\\n' \"$?\"\n") % (delimiter, command, delimiter, nonce)
         try:
             self._proc.stdin.write(script.encode())
             await self._proc.stdin.drain()
