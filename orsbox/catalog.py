@@ -3,8 +3,8 @@
 Environments are images labelled `orsbox.environment`. Their splits, shared
 tools and tasks are read once per image id, by running the image's agent in
 describe mode in a locked-down container, and cached on disk under
-`<state_dir>/catalog/<image id>-<agent digest>.json` (toolsets live in the agent package). Discovery calls are answered from memory:
-no container per discovery call.
+`<state_dir>/catalog/<image id>-<agent digest>.json` (toolsets live in the agent
+package). Discovery calls are answered from memory: no container per discovery call.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import sys
 import traceback
 from typing import Any, Awaitable, Callable, Dict, Optional, Type
 
-from . import wire
+from . import openreward_adapter, wire
 from .authoring import Environment, blocks_to_json, call_maybe_async, split_to_json
 from .commands import LIMITS, kill_user_processes
 from .wire import ErrorType, Method, WireError
@@ -27,9 +27,12 @@ def load_environment_class(entrypoint: str) -> Type[Environment]:
         raise ValueError("entrypoint %r is not of the form module:Class" % entrypoint)
     module = importlib.import_module(module_name)
     cls = getattr(module, class_name, None)
-    if not isinstance(cls, type) or not issubclass(cls, Environment):
-        raise TypeError("%s is not a subclass of orsbox.agent.Environment" % entrypoint)
-    return cls
+    if isinstance(cls, type) and issubclass(cls, Environment):
+        return cls
+    adapted = openreward_adapter.adapt(cls)  # an unmodified `openreward` Environment, where openreward is installed
+    if adapted is not None:
+        return adapted
+    raise TypeError("%s is neither an orsbox.agent.Environment nor an openreward Environment" % entrypoint)
 
 
 def describe(cls: Type[Environment]) -> Dict[str, Any]:
