@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from .errors import EnvNotFound, InvalidIndex, InvalidSplit
+from .errors import BadRequest, EnvNotFound, InvalidIndex, InvalidSplit, SandboxError
 from .policy import PolicySet, SandboxPolicy
 from .sandbox.backend import Backend, EnvironmentImage
 
@@ -34,6 +34,7 @@ class EnvironmentInfo:
     splits: list[JSONObject]
     tools: list[JSONObject]
     tasks: dict[str, list[JSONObject]]
+    listable: dict[str, bool]  # False: the environment only offers num_tasks + get_task for that split
 
     @property
     def name(self) -> str:
@@ -43,6 +44,14 @@ class EnvironmentInfo:
         if split not in self.tasks:
             raise InvalidSplit()
         return self.tasks[split]
+
+    def listed_tasks(self, split: str) -> list[JSONObject]:
+        """`/tasks`: refused, as by the reference, where the environment cannot list its tasks."""
+        tasks = self.split_tasks(split)
+        if not self.listable.get(split, True):
+            raise BadRequest("list_tasks is not supported for this environment. "
+                             "Use the index-based API (num_tasks + get_task) instead.")
+        return tasks
 
     def task(self, split: str, index: int) -> JSONObject:
         """Python indexing, as the reference does: -1 is the last task."""
@@ -75,8 +84,13 @@ class Catalog:
         environments: dict[str, EnvironmentInfo] = {}
         for image in _newest_per_name(await backend.list_environment_images()):
             policy = policies.resolve(image.name, image.policy_name)
-            data = await _described(backend, image, policy, cache_dir)
-            environments[image.name] = EnvironmentInfo(image, policy, data["splits"], data["tools"], data["tasks"])
+            try:
+                data = await _described(backend, image, policy, cache_dir)
+            except SandboxError as exc:  # one broken image must not keep the others from being served
+                log.error("environment_unavailable", env=image.name, image=image.tags[0], reason=exc.detail)
+                continue
+            environments[image.name] = EnvironmentInfo(image, policy, data["splits"], data["tools"], data["tasks"],
+                                                       data.get("listable", {}))
             tasks = sum(map(len, data["tasks"].values()))
             log.info("environment_found", env=image.name, image=image.tags[0], tasks=tasks)
         return cls(environments, default)

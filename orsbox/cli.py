@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--images-dir", type=Path, default=Path("images"))
     build.add_argument("--force", action="store_true", help="rebuild even if current")
 
+    envs = commands.add_parser("envs", help="the environments this machine can serve, with their tasks and tools")
+    envs.add_argument("--policies", type=Path, dest="policies_dir", help="policy folder (env ORSBOX_POLICIES)")
+    envs.add_argument("--state-dir", type=Path, help="where the catalog cache lives (env ORSBOX_STATE_DIR)")
+
     policy = commands.add_parser("policy", help="show or check the sandbox policies")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     explain = policy_commands.add_parser("explain", help="an environment's resolved policy, each value's source, "
@@ -62,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             return serve_command(args)
         if args.command == "policy":
             return policy_command(args)
+        if args.command == "envs":
+            return asyncio.run(envs_command(args))
         return build_command(args)
     except OrsboxError as exc:
         print(f"orsbox: {exc.detail}", file=sys.stderr)
@@ -79,6 +85,29 @@ def serve_command(args: argparse.Namespace) -> int:
     log.info("starting", host=config.host, port=config.port, version=__version__)
     web.run_app(create_app(config), host=config.host, port=config.port, print=None,
                 shutdown_timeout=config.shutdown_timeout, access_log=None, loop=asyncio.new_event_loop())
+    return 0
+
+
+async def envs_command(args: argparse.Namespace) -> int:
+    """One line per environment: name, image, tasks per split, tools, policy."""
+    from .catalog import Catalog
+    from .policy import PolicySet
+    from .sandbox.docker import DockerBackend
+
+    config = Config.from_env(policies_dir=args.policies_dir, state_dir=args.state_dir)
+    backend = await DockerBackend.connect(state_dir=config.state_dir, node_id=config.node_id,
+                                          timeout=config.docker_timeout, pool_size=config.docker_pool)
+    try:
+        catalog = await Catalog.load(backend, PolicySet.load(config.policies_dir), config.state_dir / "catalog")
+    finally:
+        await backend.close()
+    if not catalog.names():
+        print("no environments: build some with `orsbox build` (see images/)")
+    for name in catalog.names():
+        env = catalog.get(name)
+        splits = ", ".join(f"{split}: {len(tasks)}" for split, tasks in env.tasks.items())
+        tools = ", ".join(tool["name"] for tool in env.tools)
+        print(f"{name:12} {env.image.tags[0]:28} tasks ({splits})  tools ({tools})  policy {env.policy.digest()}")
     return 0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import pytest
+from pydantic import BaseModel, Field
 
 from orsbox.agent.authoring import AuthoringError, Environment, ToolOutput, derive_input_schema, tool, validate_input
 from orsbox.agent.commands import OutputCapture
@@ -218,3 +219,56 @@ def test_readme_policy_reference_matches_the_model() -> None:
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert reference_markdown() in readme, "regenerate README's policy table from orsbox.policy.reference_markdown()"
+
+
+class AnswerInput(BaseModel):
+    answer: int = Field(description="the sum")
+
+
+def test_tools_written_the_openreward_way_take_a_pydantic_model() -> None:
+    import asyncio
+
+    class Ported(Environment):
+        @tool
+        async def submit(self, params: AnswerInput) -> ToolOutput:
+            """Submit."""
+            return ToolOutput([], reward=float(params.answer == 4), finished=True)
+
+    [spec] = Ported.tool_specs()
+    assert spec.input_schema == AnswerInput.model_json_schema()
+    env = Ported({"id": "t"})
+    bad = asyncio.run(env.call_tool("submit", {"answer": "four"}))
+    assert bad["ok"] is False and bad["reason"] == "input_validation" and "int_parsing" in bad["error"]
+    good = asyncio.run(env.call_tool("submit", {"answer": 4}))
+    assert good["ok"] is True and good["output"]["reward"] == 1.0
+
+
+def test_index_only_task_sets_are_described_but_not_listable() -> None:
+    from orsbox.agent.service import describe
+
+    class Large(Environment):
+        @classmethod
+        def list_splits(cls) -> list[str]:
+            return ["test"]
+
+        @classmethod
+        def num_tasks(cls, split: str) -> int:
+            return 3
+
+        @classmethod
+        def get_task(cls, split: str, index: int) -> dict[str, Any]:
+            return {"id": f"{split}-{index}"}
+
+    data = describe(Large)
+    assert data["tasks"] == {"test": [{"id": "test-0"}, {"id": "test-1"}, {"id": "test-2"}]}
+    assert data["listable"] == {"test": False}
+
+
+def test_explicit_schemas_must_be_objects() -> None:
+    class BadSchema(Environment):
+        @tool(input_schema={"type": "string"})
+        def oops(self, text: str) -> ToolOutput:
+            return ToolOutput([])
+
+    with pytest.raises(AuthoringError, match="must be a JSON Schema object"):
+        BadSchema.tool_specs()

@@ -210,6 +210,9 @@ def derive_input_schema(fn: Callable[..., Any], tool_name: str) -> Optional[JSON
         hints = typing.get_type_hints(fn, include_extras=True) if _HAS_EXTRAS else typing.get_type_hints(fn)
     except Exception as exc:
         raise AuthoringError("tool %r: cannot resolve type hints: %s" % (tool_name, exc)) from None
+    model = input_model(fn)
+    if model is not None:
+        return dict(model.model_json_schema())
     properties: JSONObject = {}
     required: List[str] = []
     for param in params:
@@ -231,6 +234,22 @@ def derive_input_schema(fn: Callable[..., Any], tool_name: str) -> Optional[JSON
 
 
 _HAS_EXTRAS = "include_extras" in inspect.signature(typing.get_type_hints).parameters
+
+
+def input_model(fn: Callable[..., Any]) -> Any:
+    """The pydantic model of a tool written the openreward way (`def tool(self, params: Model)`), else None.
+
+    Duck-typed, so the agent needs no pydantic; the image's own pydantic validates.
+    """
+    params = [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+    if len(params) != 1:
+        return None
+    try:
+        hint = typing.get_type_hints(fn).get(params[0].name)
+    except Exception:
+        return None
+    is_model = isinstance(hint, type) and hasattr(hint, "model_json_schema") and hasattr(hint, "model_validate")
+    return hint if is_model else None
 
 
 def _tool_params(fn: Callable[..., Any]) -> List[inspect.Parameter]:
@@ -397,7 +416,16 @@ class Environment:
 
     @classmethod
     def list_tasks(cls, split: str) -> Sequence[JSONObject]:
-        raise NotImplementedError("%s must implement list_tasks(split)" % cls.__name__)
+        """Every task of `split`. A large task set may implement num_tasks and get_task instead."""
+        raise NotImplementedError("%s must implement list_tasks(split), or num_tasks and get_task" % cls.__name__)
+
+    @classmethod
+    def num_tasks(cls, split: str) -> int:
+        return len(cls.list_tasks(split))
+
+    @classmethod
+    def get_task(cls, split: str, index: int) -> JSONObject:
+        return cls.list_tasks(split)[index]
 
     def setup(self) -> Any:
         """Prepare the sandbox for the task (runs once, before the first call)."""
@@ -438,19 +466,33 @@ class Environment:
         spec = self._find_tool(name)
         if spec is None:
             return {"ok": False, "error": "%r is not a valid tool" % name, "reason": "not_found"}
-        errors = validate_input(tool_input, spec.input_schema)
-        if errors:
-            message = "Tool input validation error: %d validation error%s for %s\n%s" % (
-                len(errors), "" if len(errors) == 1 else "s", name, "\n".join(errors))
-            return {"ok": False, "error": message, "reason": "input_validation"}
+        arguments = self._arguments(spec, tool_input)
+        if isinstance(arguments, str):
+            return {"ok": False, "error": arguments, "reason": "input_validation"}
         if spec.info.exclusive:
             async with self._gate.exclusive():
-                return await self._run_tool(name, tool_input)
+                return await self._run_tool(name, arguments)
         if spec.info.concurrent:
             async with self._gate.shared():
-                return await self._run_tool(name, tool_input)
+                return await self._run_tool(name, arguments)
         async with self._tool_locks.setdefault(name, asyncio.Lock()), self._gate.shared():
-            return await self._run_tool(name, tool_input)
+            return await self._run_tool(name, arguments)
+
+    def _arguments(self, spec: ToolSpec, tool_input: Any) -> Any:
+        """(args, kwargs) for the tool, or the validation error message."""
+        model = input_model(getattr(type(self), spec.name))
+        if model is not None:
+            try:
+                return (model.model_validate(tool_input),), {}
+            except Exception as exc:
+                if type(exc).__name__ != "ValidationError":
+                    raise
+                return "Tool input validation error: %s" % (exc.errors(),)  # type: ignore[attr-defined]
+        errors = validate_input(tool_input, spec.input_schema)
+        if errors:
+            return "Tool input validation error: %d validation error%s for %s\n%s" % (
+                len(errors), "" if len(errors) == 1 else "s", spec.name, "\n".join(errors))
+        return (), dict(tool_input)
 
     def _find_tool(self, name: str) -> Optional[ToolSpec]:
         for spec in self.tool_specs(shared=None):
@@ -458,10 +500,11 @@ class Environment:
                 return spec
         return None
 
-    async def _run_tool(self, name: str, tool_input: JSONObject) -> JSONObject:
+    async def _run_tool(self, name: str, arguments: Any) -> JSONObject:
         if self._finished:
             return _finished_error(name)
-        result = await call_maybe_async(getattr(self, name), **tool_input)
+        args, kwargs = arguments
+        result = await call_maybe_async(getattr(self, name), *args, **kwargs)
         if not isinstance(result, ToolOutput):
             raise TypeError("%r returned %s; expected ToolOutput" % (name, type(result).__name__))
         if self._finished:  # a concurrent call ended the episode first

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import traceback
-from typing import Any, Awaitable, Callable, Dict, Optional, Type
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Type
 
 from . import openreward_adapter, wire
 from .authoring import Environment, blocks_to_json, call_maybe_async, split_to_json
@@ -35,16 +35,36 @@ def load_environment_class(entrypoint: str) -> Type[Environment]:
     raise TypeError("%s is neither an orsbox.agent.Environment nor an openreward Environment" % entrypoint)
 
 
+MAX_DESCRIBED_TASKS = 100000  # tasks per split read through get_task when an environment cannot list them
+
+
 def describe(cls: Type[Environment]) -> Dict[str, Any]:
-    """Everything discovery needs, read once per image: splits, shared tools, tasks."""
+    """Everything discovery needs, read once per image: splits, shared tools, tasks.
+
+    `listable` says per split whether the environment lists its tasks (else /tasks refuses, as the
+    reference does, and the tasks come from num_tasks + get_task).
+    """
     splits = [split_to_json(s) for s in cls.list_splits()]
-    tasks = {s["name"]: [dict(t) for t in cls.list_tasks(s["name"])] for s in splits}
+    tasks, listable = {}, {}
+    for split in (s["name"] for s in splits):
+        try:
+            tasks[split], listable[split] = [dict(t) for t in cls.list_tasks(split)], True
+        except NotImplementedError:
+            tasks[split], listable[split] = _tasks_by_index(cls, split), False
     return {
         "protocol": wire.PROTOCOL_VERSION,
         "splits": splits,
         "tools": [spec.to_json() for spec in cls.tool_specs(shared=True)],
         "tasks": tasks,
+        "listable": listable,
     }
+
+
+def _tasks_by_index(cls: Type[Environment], split: str) -> List[Dict[str, Any]]:
+    count = cls.num_tasks(split)
+    if count > MAX_DESCRIBED_TASKS:
+        raise ValueError("split %r has %d tasks; orsbox serves at most %d" % (split, count, MAX_DESCRIBED_TASKS))
+    return [dict(cls.get_task(split, index)) for index in range(count)]
 
 
 Handler = Callable[[Dict[str, Any]], Awaitable[Any]]

@@ -137,7 +137,7 @@ async def tasks(request: web.Request) -> web.Response:
     body = validate(SplitBody, await read_json(request))
     env_name = request.match_info["env"]
     env = request.app[CATALOG].get(env_name)
-    return json_response({"tasks": env.split_tasks(body.split), "env_name": env_name})
+    return json_response({"tasks": env.listed_tasks(body.split), "env_name": env_name})
 
 
 @api.post("/{env}/num_tasks", body=SplitBody, answer=NumTasksAnswer, errors=(400, 404))

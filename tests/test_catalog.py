@@ -1,0 +1,77 @@
+"""The catalog: discovery data is read once per image (and agent), cached, and refreshed when the image changes."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import structlog
+
+from orsbox.config import Config
+from orsbox.images import build_images
+from orsbox.server import create_app
+
+from .conftest import ROOT, Ors
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def cachetest(engine: docker.DockerClient, images: None) -> Iterator[Path]:
+    """An images folder with one environment, `cachetest`: a copy of bash; its images are removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="ob-images-"))
+    shutil.copytree(ROOT / "images" / "base", folder / "base")
+    shutil.copytree(ROOT / "images" / "bash", folder / "cachetest")
+    dockerfile = folder / "cachetest" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text().replace('orsbox.environment="bash"', 'orsbox.environment="cachetest"'))
+    yield folder
+    for image in engine.images.list(name="orsbox/cachetest"):
+        engine.images.remove(image.id, force=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def start_and_stop(aiohttp_client: Any, config: Config) -> list[str]:
+    """Start orsbox, list its environments, stop; the environments it had to describe."""
+    with structlog.testing.capture_logs() as events:
+        client = await aiohttp_client(create_app(config))
+        names = await (await client.get("/list_environments")).json()
+        await client.close()
+    assert "cachetest" in names
+    return [e["env"] for e in events if e["event"] == "environment_described"]
+
+
+async def test_discovery_is_cached_per_image(aiohttp_client: Any, config: Config, cachetest: Path,
+                                              engine: docker.DockerClient, tmp_path: Path) -> None:
+    build_images(cachetest, ["cachetest"], client=engine, progress=lambda line: None)
+    fresh = config.model_copy(update={"state_dir": Path(tempfile.mkdtemp(prefix="ob-", dir="/tmp"))})
+    try:
+        assert "cachetest" in await start_and_stop(aiohttp_client, fresh)
+        assert "cachetest" not in await start_and_stop(aiohttp_client, fresh)  # the second start reads the cache
+        env_file = cachetest / "cachetest" / "bash_env.py"
+        env_file.write_text(env_file.read_text().replace("hello world", "hello there"))
+        build_images(cachetest, ["cachetest"], client=engine, progress=lambda line: None)
+        assert "cachetest" in await start_and_stop(aiohttp_client, fresh)  # a rebuilt image is described again
+        client = await aiohttp_client(create_app(fresh))
+        tasks = await (await client.post("/cachetest/tasks", json={"split": "train"})).json()
+        assert "hello there" in tasks["tasks"][0]["instruction"]
+        await Ors(client).http.close()
+    finally:
+        shutil.rmtree(fresh.state_dir, ignore_errors=True)
+
+
+async def test_a_broken_environment_is_skipped_with_its_reason(aiohttp_client: Any, config: Config, cachetest: Path,
+                                                               engine: docker.DockerClient) -> None:
+    env_file = cachetest / "cachetest" / "bash_env.py"
+    env_file.write_text(env_file.read_text() + "\nraise RuntimeError('broken on purpose')\n")
+    build_images(cachetest, ["cachetest"], client=engine, progress=lambda line: None)
+    with structlog.testing.capture_logs() as events:
+        client = await aiohttp_client(create_app(config))
+        names = await (await client.get("/list_environments")).json()
+    assert names == ["bash"]
+    [unavailable] = [e for e in events if e["event"] == "environment_unavailable"]
+    assert unavailable["env"] == "cachetest" and "broken on purpose" in unavailable["reason"]
