@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.support.reference_bash import reference_server_process
+from tests.support.server import free_port
 
 from .conftest import Ors, parse_sse
 
@@ -27,15 +28,9 @@ pytestmark = pytest.mark.docker
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def reference_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     log = Path(tmp_path_factory.mktemp("reference")) / "reference.log"
     with reference_server_process(port, log_path=log):
         url = f"http://127.0.0.1:{port}"
@@ -45,8 +40,6 @@ def reference_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     break
             except httpx.HTTPError:
                 pass
-            import time
-
             time.sleep(0.05)
         else:
             raise AssertionError(f"the reference server did not start: {log.read_text()[-2000:]}")
