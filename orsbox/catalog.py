@@ -78,11 +78,14 @@ class Catalog:
 
     @classmethod
     async def load(cls, backend: Backend, policies: PolicySet, cache_dir: Path,
-                   default: str | None = None) -> Catalog:
-        """Find environment images and read (or recall) their discovery data."""
+                   default: str | None = None, only: list[str] | None = None) -> Catalog:
+        """Find environment images (all, or those named in `only`) and read (or recall) their discovery data."""
         cache_dir.mkdir(parents=True, exist_ok=True)
         environments: dict[str, EnvironmentInfo] = {}
+        wanted = {name.strip().lower() for name in only} if only else None
         for image in _newest_per_name(await backend.list_environment_images()):
+            if wanted is not None and image.name not in wanted:
+                continue
             policy = policies.resolve(image.name, image.policy_name)
             try:
                 data = await _described(backend, image, policy, cache_dir)

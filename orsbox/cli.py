@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--policies", type=Path, dest="policies_dir", help="policy folder (env ORSBOX_POLICIES)")
     serve.add_argument("--state-dir", type=Path, help="session folders and caches (env ORSBOX_STATE_DIR)")
     serve.add_argument("--default-env", dest="default_environment", help="environment served on bare paths")
+    serve.add_argument("--env", dest="environments", action="append",
+                       help="serve only this environment (repeatable; env ORSBOX_ENVIRONMENTS=a,b); default: all")
     serve.add_argument("--idle-timeout", type=float, help="seconds; overrides every policy's idle_timeout")
     serve.add_argument("--max-sessions", type=int, help="live sessions at most (default 64); then /create is 429")
     serve.add_argument("--keep-sessions", action="store_true", default=None,
@@ -79,7 +81,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
     config = Config.from_env(
         host=args.host, port=args.port, policies_dir=args.policies_dir, state_dir=args.state_dir,
-        default_environment=args.default_environment, idle_timeout=args.idle_timeout,
+        default_environment=args.default_environment, idle_timeout=args.idle_timeout, environments=args.environments,
         max_sessions=args.max_sessions, keep_sessions=args.keep_sessions, adopt=args.adopt,
     )
     log.info("starting", host=config.host, port=config.port, version=__version__)
@@ -126,6 +128,7 @@ def policy_command(args: argparse.Namespace) -> int:
     """`orsbox policy explain ENV` and `orsbox policy check`: the files first, then what the engine says."""
     from .policy import PolicySet, explanation, runtime_problem
     from .sandbox.docker import EngineFacts, engine_facts
+    from .sandbox.network import Firewall
 
     folder = Config.from_env(policies_dir=args.policies_dir).policies_dir
     policies, problems = PolicySet.read(folder)
@@ -139,6 +142,8 @@ def policy_command(args: argparse.Namespace) -> int:
     if args.policy_command == "check":
         if not problems and facts is not None:
             problems = policies.runtime_problems(facts.runtimes)
+        if not problems:
+            problems = policies.network_problems(Firewall.problem())
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         if problems:
@@ -158,7 +163,10 @@ def policy_command(args: argparse.Namespace) -> int:
         if label and policies.file(label) is None:
             print(f"  (there is no {label}.toml in {folder}, so default.toml applies)")
     print(explanation(policies, environment, label, full=args.full))
-    blocker = runtime_problem(policies.resolve(environment, label), facts.runtimes) if facts else None
+    resolved = policies.resolve(environment, label)
+    blocker = runtime_problem(resolved, facts.runtimes) if facts else None
+    if blocker is None and resolved.network != "none":
+        blocker = Firewall.problem()
     if blocker:
         print(f"\nthis engine cannot run it: {blocker}")
     if problems:

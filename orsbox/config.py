@@ -24,6 +24,7 @@ class Config(BaseModel):
     state_dir: Path = Field(default_factory=default_state_dir, description="session folders and catalog cache")
     policies_dir: Path = Field(Path("sandbox_policies"), description="folder of ops-owned policy files")
     default_environment: str | None = Field(None, description="environment for bare paths; default: first by name")
+    environments: list[str] | None = Field(None, description="serve only these environments; default: every image")
     node_id: str = Field("local", description="written into every container's orsbox.node label")
     ready_wait: float = Field(25.0, gt=0, description="s a gated request waits for setup before 503")
     reap_interval: float = Field(5.0, gt=0, description="s between idle/lifetime sweeps")
@@ -48,8 +49,15 @@ class Config(BaseModel):
             "port": os.environ.get("ORSBOX_PORT"),
             "policies_dir": os.environ.get("ORSBOX_POLICIES"),
             "default_environment": os.environ.get("ORSBOX_DEFAULT_ENV"),
+            "environments": _names(os.environ.get("ORSBOX_ENVIRONMENTS")),
             "node_id": os.environ.get("ORSBOX_NODE_ID"),
         }
         values: dict[str, Any] = {k: v for k, v in env.items() if v is not None}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)
+
+
+def _names(text: str | None) -> list[str] | None:
+    """A comma-separated list of names, or None when unset or empty."""
+    names = [name.strip() for name in (text or "").split(",") if name.strip()]
+    return names or None

@@ -13,6 +13,15 @@ Two kinds of image are built from the ``images/`` directory:
 * ``orsbox/<name>``: every other directory ``images/<name>/`` that holds a
   ``Dockerfile``, built with ``BASE_IMAGE`` set to the exact base tag.
 
+An environment directory may hold a ``requirements.txt``.  Containers have no
+network at build time, so the builder vendors those wheels on the host: it runs
+the host's ``pip install --target`` into ``site-packages/`` of a temporary copy
+of the build context, for the base image's ``python3`` (version, machine and
+glibc read from the base image once, as pip's ``--python-version``,
+``--platform manylinux_…`` and ``--only-binary=:all:``), and the Dockerfile
+copies it: ``COPY site-packages /opt/env/site-packages``, which is on the
+agent's ``PYTHONPATH``.  pip's download cache is reused between builds.
+
 Each image's inputs are hashed (see `base_inputs_hash` and `context_inputs_hash`);
 it is tagged ``orsbox/<name>:<hash[:12]>`` and ``orsbox/<name>:latest`` and
 labelled ``orsbox.inputs=<hash>``.  An image whose hash tag already exists is
@@ -25,12 +34,14 @@ the server's event loop.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections import deque
@@ -92,6 +103,18 @@ WORK_ROOT = "/var/tmp"
 # Where debootstrap lives when sbin is not on a user's PATH.
 DEBOOTSTRAP_FALLBACKS = ("/usr/sbin/debootstrap", "/sbin/debootstrap")
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+
+# Wheels vendored on the host for an environment's requirements.txt.
+REQUIREMENTS_FILE = "requirements.txt"
+VENDOR_DIR = "site-packages"  # in the build context; images COPY it to /opt/env/site-packages
+# Bump whenever how wheels are vendored changes: images with a requirements.txt are rebuilt.
+VENDOR_RECIPE_VERSION = "1"
+OLDEST_MANYLINUX_GLIBC = 5  # manylinux_2_5 (manylinux1) is the oldest manylinux tag
+# What the base image's python3 is: JSON [major, minor, implementation, machine, libc, libc version].
+PYTHON_PROBE = (
+    "import json, platform, sys; "
+    "print(json.dumps([*sys.version_info[:2], sys.implementation.name, platform.machine(), *platform.libc_ver()]))"
+)
 
 Progress = Callable[[str], None]
 
@@ -259,9 +282,13 @@ def context_inputs_hash(context_dir: Path, base_image_id: str) -> str:
 
     Every entry of the context is hashed in order of relative path: files by
     path, executable bit and content, symlinks by target, directories by path.
+    So a changed ``requirements.txt`` rebuilds the image and an unchanged one
+    does not (the wheels it resolves to are not hashed: pin them to pin them).
     """
     digest = hashlib.sha256()
     _feed(digest, "orsbox-env", RECIPE_VERSION, "base", base_image_id)
+    if (context_dir / REQUIREMENTS_FILE).is_file():
+        _feed(digest, "vendor", VENDOR_RECIPE_VERSION)
     for relative in _context_entries(context_dir):
         path = context_dir / relative
         if path.is_symlink():
@@ -275,11 +302,16 @@ def context_inputs_hash(context_dir: Path, base_image_id: str) -> str:
 
 
 def _context_entries(context_dir: Path) -> list[str]:
-    """Relative POSIX paths of everything below *context_dir*, sorted; links not followed."""
+    """Relative POSIX paths of everything below *context_dir*, sorted; links not followed.
+
+    Python bytecode caches are left out (running a task's tests must not force a rebuild); each image
+    folder's .dockerignore keeps them out of the build too.
+    """
     entries: list[str] = []
     for parent, dirs, files in os.walk(context_dir):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
         base = Path(parent).relative_to(context_dir)
-        entries += [(base / entry).as_posix() for entry in (*dirs, *files)]
+        entries += [(base / entry).as_posix() for entry in (*dirs, *files) if not entry.endswith(".pyc")]
     return sorted(entries)
 
 
@@ -668,10 +700,162 @@ def _ensure_env(
         if current is not None:
             return current
     started = time.monotonic()
-    progress(f"docker build {_hash_tag(name, inputs_hash)} from {context} on {base.tag}…")
-    _docker_build(client, name, context, inputs_hash,
-                  buildargs={"BASE_IMAGE": base.tag}, progress=progress)
+    with _build_context(client, context, name, base, progress) as build_context:
+        progress(f"docker build {_hash_tag(name, inputs_hash)} from {context} on {base.tag}…")
+        _docker_build(client, name, build_context, inputs_hash,
+                      buildargs={"BASE_IMAGE": base.tag}, progress=progress)
     return _finish(client, name, inputs_hash, started, progress)
+
+
+# ------------------------------------------------------------ vendored wheels
+
+
+@dataclass(frozen=True)
+class PythonTarget:
+    """The interpreter wheels are vendored for: a base image's ``python3``."""
+
+    version: str  # "3.11"
+    machine: str  # "x86_64"
+    glibc: str  # "2.36"
+
+    def platforms(self) -> list[str]:
+        """pip ``--platform`` tags: every manylinux this glibc runs, newest first.
+
+        pip does not widen ``manylinux_2_X`` to older glibc versions itself, so
+        all are given; ``manylinux2014`` covers wheels with only legacy tags.
+        """
+        major, minor = (int(part) for part in self.glibc.split(".")[:2])
+        tags = [f"manylinux_{major}_{m}_{self.machine}" for m in range(minor, OLDEST_MANYLINUX_GLIBC - 1, -1)]
+        return [*tags, f"manylinux2014_{self.machine}"]
+
+    def pip_options(self) -> list[str]:
+        """The pip options that select wheels for this interpreter instead of the host's."""
+        options = ["--only-binary=:all:", "--python-version", self.version, "--implementation", "cp",
+                   "--abi", f"cp{self.version.replace('.', '')}"]
+        for platform in self.platforms():
+            options += ["--platform", platform]
+        return options
+
+    def describe(self) -> str:
+        return f"python {self.version} ({self.machine}, glibc {self.glibc})"
+
+
+_python_targets: dict[str, PythonTarget] = {}  # by base image id: probed once per process
+
+
+def python_target(client: docker.DockerClient, base: BuiltImage) -> PythonTarget:
+    """What the base image's ``python3`` is (run once per base image id and remembered)."""
+    if base.image_id not in _python_targets:
+        try:
+            output = client.containers.run(
+                base.image_id, ["python3", "-c", PYTHON_PROBE], entrypoint=[], remove=True,
+                network_disabled=True,
+            )
+        except (docker.errors.DockerException, OSError) as exc:
+            raise ImageBuildError(f"could not run python3 in {base.tag} to vendor wheels for it: {exc}") from exc
+        _python_targets[base.image_id] = parse_python_probe(output.decode(errors="replace"), base.tag)
+    return _python_targets[base.image_id]
+
+
+def parse_python_probe(output: str, where: str) -> PythonTarget:
+    """A PythonTarget from `PYTHON_PROBE`'s output; refuse what manylinux wheels cannot serve."""
+    try:
+        major, minor, implementation, machine, libc, libc_version = json.loads(output)
+    except (TypeError, ValueError):
+        raise ImageBuildError(f"unexpected answer from python3 in {where}: {output.strip()!r}") from None
+    if implementation != "cpython" or libc != "glibc":
+        raise ImageBuildError(
+            f"{where}'s python3 is {implementation} on {libc or 'an unknown libc'}: vendored wheels "
+            "(manylinux) need CPython on glibc"
+        )
+    return PythonTarget(version=f"{major}.{minor}", machine=machine, glibc=libc_version)
+
+
+@contextmanager
+def _build_context(client: docker.DockerClient, context: Path, name: str, base: BuiltImage,
+                   progress: Progress) -> Iterator[Path]:
+    """The directory to build from: *context* itself, or a copy with requirements.txt's wheels vendored."""
+    if not (context / REQUIREMENTS_FILE).is_file():
+        yield context
+        return
+    if (context / VENDOR_DIR).exists():
+        raise ImageBuildError(
+            f"{context / VENDOR_DIR} exists: the builder makes {VENDOR_DIR}/ from {REQUIREMENTS_FILE} "
+            "in a copy of the build context; remove it"
+        )
+    target = python_target(client, base)
+    workdir = Path(tempfile.mkdtemp(prefix=f"orsbox-{name}-", dir=WORK_ROOT))
+    try:
+        copy = workdir / "context"
+        shutil.copytree(context, copy, symlinks=True)
+        vendor_requirements(copy, target, name, progress)
+        yield copy
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def read_requirements(requirements: Path) -> list[str]:
+    """The requirement lines of *requirements* (options, comments and blanks left out), for progress."""
+    lines = (line.split("#", 1)[0].strip() for line in requirements.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("-")]
+
+
+def pip_install_command(context: Path, target: PythonTarget) -> list[str]:
+    """The host's pip, installing *context*'s requirements.txt into its site-packages/ for *target*."""
+    return [
+        sys.executable, "-m", "pip", "install", "--target", str(context / VENDOR_DIR),
+        "--no-compile", "--no-input", "--disable-pip-version-check", "--progress-bar", "off",
+        *target.pip_options(), "-r", str(context / REQUIREMENTS_FILE),
+    ]
+
+
+def vendor_requirements(context: Path, target: PythonTarget, name: str, progress: Progress) -> None:
+    """``pip install`` *context*'s requirements.txt into *context*/site-packages, for *target*.
+
+    No byte code is compiled (the host's Python may not be the image's: the image
+    compiles it); console scripts, which name the host's interpreter, are dropped.
+    """
+    if importlib.util.find_spec("pip") is None:
+        raise ImageBuildError(
+            f"{name} has a {REQUIREMENTS_FILE}, but {sys.executable} has no pip to vendor its wheels "
+            "(install it: python -m ensurepip)"
+        )
+    wanted = ", ".join(read_requirements(context / REQUIREMENTS_FILE)) or "(no requirements)"
+    progress(f"vendoring wheels for {target.describe()}: {wanted}")
+    started = time.monotonic()
+    argv = pip_install_command(context, target)
+    code, output = _run_streaming(argv, context, lambda line: progress(f"[{name}] {line}"))
+    if code != 0:
+        raise ImageBuildError(
+            f"vendoring the wheels of {name}'s {REQUIREMENTS_FILE} for {target.describe()} failed "
+            f"(pip exited {code}): {' '.join(argv)}\n" + "\n".join(output)
+        )
+    shutil.rmtree(context / VENDOR_DIR / "bin", ignore_errors=True)
+    size_mb = _tree_size(context / VENDOR_DIR) / 1e6
+    progress(f"  vendored {size_mb:.0f} MB in {time.monotonic() - started:.1f}s")
+
+
+def _run_streaming(argv: Sequence[str], cwd: Path, line_out: Progress) -> tuple[int, list[str]]:
+    """Run *argv* in *cwd*, passing each output line on; its exit code and last lines."""
+    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    # Its own process group, so an interrupted build also stops pip.
+    proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if line.strip():
+                tail.append(line)
+                line_out(line)
+        return proc.wait(), list(tail)
+    finally:
+        _stop(proc)
+
+
+def _tree_size(directory: Path) -> int:
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file() and not path.is_symlink())
 
 
 def _docker_build(

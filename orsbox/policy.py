@@ -13,12 +13,19 @@ a whole folder (both behind `orsbox policy explain|check`).
 Every container gets orsbox's seccomp profile, `sandbox/seccomp.json`: Docker
 20.10's default profile (as this engine enforces it, checked syscall by syscall)
 minus `io_uring_setup`, `io_uring_enter` and `io_uring_register`.
+
+Network modes: `none` (loopback only), `allowlist` (a per-session internal Docker
+network whose only way out is orsbox's egress proxy, which lets through the
+`allow` entries alone) and `full` (a per-session bridge network, the host, other
+sessions and link-local addresses blocked). `sandbox/network.py` makes the
+networks and firewall rules, `sandbox/egress.py` is the proxy.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import json
 import re
 import tomllib
@@ -26,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -47,6 +54,34 @@ def parse_bytes(value: Any) -> int:
 
 Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(ge=0)]
 
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_NAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")
+ALLOW_EXAMPLES = '"pypi.org:443", "*.example.com:443", "10.0.0.5:8080"'
+
+
+def parse_allow_entry(entry: str) -> tuple[str, int]:
+    """An `allow` entry as (host, port): host is a lower-case name, `*.` + a name, or an IPv4 address.
+
+    Raises ValueError saying what is wrong and what is allowed.
+    """
+    host, sep, port_text = str(entry).strip().rpartition(":")
+    host = host.lower().removesuffix(".")
+    if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{entry!r} is not host:port with a port from 1 to 65535 (e.g. {ALLOW_EXAMPLES})")
+    if host.startswith("[") or ":" in host:
+        raise ValueError(f"{entry!r}: IPv6 addresses are not supported; use a name or an IPv4 address")
+    name = host.removeprefix("*.")
+    if re.fullmatch(r"[0-9.]+", name):
+        if name != host:
+            raise ValueError(f"{entry!r}: a wildcard takes a name (*.example.com), not an address")
+        try:
+            return str(ipaddress.IPv4Address(name)), int(port_text)
+        except ValueError:
+            raise ValueError(f"{entry!r}: {name!r} is not an IPv4 address") from None
+    if len(name) > 253 or not _NAME.fullmatch(name) or name.rsplit(".", 1)[-1].isdigit():
+        raise ValueError(f"{entry!r}: {name!r} is not a host name (e.g. {ALLOW_EXAMPLES})")
+    return host, int(port_text)
+
 
 class SandboxPolicy(BaseModel):
     """One environment's limits. Every field has a hardened default."""
@@ -64,7 +99,12 @@ class SandboxPolicy(BaseModel):
     shm_size: Bytes = Field(64 * 1024**2, description="size of the /dev/shm tmpfs (POSIX shared memory)")
     tmp_exec: bool = Field(False, description="allow executing files from /tmp")
     # isolation
-    network: Literal["none"] = Field("none", description="network mode; only 'none' so far")
+    network: Literal["none", "allowlist", "full"] = Field(
+        "none", description="none: loopback only; allowlist: only the `allow` entries, through orsbox's egress "
+        "proxy; full: a network of its own, the host, other sessions and link-local addresses blocked")
+    allow: tuple[str, ...] = Field(
+        (), description="host:port entries a network = \"allowlist\" session may reach: names, "
+        "`*.example.com` wildcards, IPv4 addresses")
     runtime: Literal["runc", "runsc"] = Field(
         "runc", description="OCI runtime: runc, or runsc (gVisor) where the engine has orsbox's runsc runtimes")
     command_uid: int = Field(1000, ge=1, le=65534, description="uid (and gid) commands run as")
@@ -79,6 +119,22 @@ class SandboxPolicy(BaseModel):
     # admission
     max_sessions: int | None = Field(None, ge=1, description="live sessions of this environment at most (429 past it)")
     max_starting: int | None = Field(None, ge=1, description="containers of this environment started at once")
+
+    @field_validator("allow")
+    @classmethod
+    def _allow_entries(cls, entries: tuple[str, ...]) -> tuple[str, ...]:
+        """Each entry valid, written the one way the proxy compares it (lower case, no trailing dot)."""
+        return tuple(dict.fromkeys(f"{host}:{port}" for host, port in map(parse_allow_entry, entries)))
+
+    @model_validator(mode="after")
+    def _allow_only_with_allowlist(self) -> SandboxPolicy:
+        if self.allow and self.network != "allowlist":
+            raise ValueError(f"allow lists what network = \"allowlist\" may reach, but network is "
+                             f"{self.network!r}: set network = \"allowlist\" or remove allow (allow = [])")
+        if self.network == "allowlist" and not self.allow:
+            raise ValueError(f"network = \"allowlist\" needs at least one allow entry "
+                             f"(e.g. allow = [{ALLOW_EXAMPLES}])")
+        return self
 
     @model_validator(mode="after")
     def _tmpfs_fits_in_memory(self) -> SandboxPolicy:
@@ -113,13 +169,27 @@ COMMAND_HOME = "/home/user"
 SECCOMP_PROFILE = Path(__file__).parent / "sandbox" / "seccomp.json"
 
 #: Docker runtime name for `runtime = "runsc"`, per network mode, and the runtime arguments it must be
-#: registered with: the agent's socket needs `--host-uds`, network "none" needs runsc's `--network=none`.
-RUNSC_RUNTIMES: dict[str, str] = {"none": "orsbox-runsc"}
-RUNSC_REQUIRED_ARGS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "none": (("--network=none",), ("--host-uds=create", "--host-uds=all")),
-}
-RUNSC_REGISTRATION = {"path": "/usr/bin/runsc",
-                      "runtimeArgs": ["--platform=ptrace", "--network=none", "--host-uds=create"]}
+#: registered with: the agent's socket needs `--host-uds`; network "none" needs runsc's `--network=none`,
+#: a container on a Docker network `--network=host` (gVisor's own netstack fails on such hosts).
+RUNSC_RUNTIMES: dict[str, str] = {"none": "orsbox-runsc", "allowlist": "orsbox-runsc-host", "full": "orsbox-runsc-host"}
+RUNSC_NETWORK_ARG = {"orsbox-runsc": "--network=none", "orsbox-runsc-host": "--network=host"}
+HOST_UDS_ARGS = ("--host-uds=create", "--host-uds=all")
+
+#: Network modes on a Docker network of their own: the subnets orsbox carves them from (one /29 each; the
+#: firewall blocks the whole pool to every session), and the egress proxy's port on each network's gateway.
+SESSION_SUBNET_POOL = "10.73.0.0/16"
+SESSION_SUBNET_PREFIX = 29
+PROXY_PORT = 3128
+#: What an allowlist session's container uses as DNS server: its own loopback, where nothing answers, so
+#: Docker's embedded DNS cannot forward a name out (the proxy resolves names, on the host).
+ALLOWLIST_DNS = ["127.0.0.1"]
+ALLOWLIST_DNS_OPTIONS = ["timeout:1", "attempts:1"]  # a name fails in 1 s instead of 10
+SESSION_NETWORK_PLACEHOLDER = "<the session's network>"
+
+
+def runsc_registration(name: str) -> dict[str, Any]:
+    """How the Docker runtime `name` must be registered in /etc/docker/daemon.json."""
+    return {"path": "/usr/bin/runsc", "runtimeArgs": ["--platform=ptrace", RUNSC_NETWORK_ARG[name], HOST_UDS_ARGS[0]]}
 
 
 @functools.cache
@@ -139,21 +209,24 @@ def runtime_problem(policy: SandboxPolicy, engine_runtimes: Mapping[str, Sequenc
     if name == "runc":
         return None
     how = (f"register it in /etc/docker/daemon.json under \"runtimes\" as \"{name}\": "
-           f"{json.dumps(RUNSC_REGISTRATION)} and reload dockerd (kill -HUP $(pidof dockerd)); "
+           f"{json.dumps(runsc_registration(name))} and reload dockerd (kill -HUP $(pidof dockerd)); "
            "./scripts/test does this where it may")
     if name not in engine_runtimes:
         have = ", ".join(sorted(engine_runtimes)) or "none"
         return (f"runtime {policy.runtime!r} needs the Docker runtime {name!r}, which the engine lacks "
                 f"(it has: {have}); {how}")
     args = list(engine_runtimes[name])
-    for choices in RUNSC_REQUIRED_ARGS[policy.network]:
+    for choices in ((RUNSC_NETWORK_ARG[name],), HOST_UDS_ARGS):
         if not any(arg in args for arg in choices):
             return (f"the Docker runtime {name!r} is registered with {args}, without {' or '.join(choices)}; {how}")
     return None
 
 
-def container_settings(policy: SandboxPolicy) -> dict[str, Any]:
-    """docker-py `containers.create()` arguments for the hardened container of `policy`."""
+def container_settings(policy: SandboxPolicy, network: str = SESSION_NETWORK_PLACEHOLDER) -> dict[str, Any]:
+    """docker-py `containers.create()` arguments for the hardened container of `policy`.
+
+    `network` names the session's own Docker network (network modes other than "none").
+    """
     uid = policy.command_uid
     # Docker's tmpfs defaults include noexec: say exec where it is meant.
     tmp_flags = "rw,nosuid,nodev," + ("exec" if policy.tmp_exec else "noexec")
@@ -180,12 +253,51 @@ def container_settings(policy: SandboxPolicy) -> dict[str, Any]:
             {"Name": "msgqueue", "Soft": 0, "Hard": 0},
         ],
         "log_config": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
-        "network_mode": policy.network,
+        **network_settings(policy, network),
         "ipc_mode": "private",
         "shm_size": policy.shm_size,  # /dev/shm: Docker mounts it nosuid,nodev,noexec
         "runtime": docker_runtime(policy),
         "hostname": "sandbox",
     }
+
+
+def network_settings(policy: SandboxPolicy, network: str = SESSION_NETWORK_PLACEHOLDER) -> dict[str, Any]:
+    """The network part of `container_settings`: none, or the session's own network (DNS cut for allowlist)."""
+    if policy.network == "none":
+        return {"network_mode": "none"}
+    if policy.network == "full":
+        return {"network": network}
+    return {"network": network, "dns": ALLOWLIST_DNS, "dns_opt": ALLOWLIST_DNS_OPTIONS}
+
+
+def proxy_environment(proxy_url: str) -> dict[str, str]:
+    """The variables that send an allowlist session's HTTP(S) clients (pip, urllib, curl, git) to the proxy."""
+    no_proxy = "localhost,127.0.0.1,::1"
+    return {"HTTP_PROXY": proxy_url, "HTTPS_PROXY": proxy_url, "http_proxy": proxy_url, "https_proxy": proxy_url,
+            "NO_PROXY": no_proxy, "no_proxy": no_proxy}
+
+
+def network_summary(policy: SandboxPolicy) -> list[str]:
+    """What the policy's network mode means for a session, for `orsbox policy explain`."""
+    refused = ("loopback, link-local (169.254.0.0/16, the metadata address), this host's own addresses, "
+               f"orsbox's session networks ({SESSION_SUBNET_POOL})")
+    if policy.network == "none":
+        return ["none: only loopback; no interface, no route, no DNS"]
+    if policy.network == "full":
+        return [f"full: a bridge network of its own per session (a /{SESSION_SUBNET_PREFIX} of "
+                f"{SESSION_SUBNET_POOL}, inter-container traffic off), removed with the session",
+                "  egress: what the host routes to, through NAT; DNS through Docker's embedded server",
+                f"  blocked by orsbox's firewall rules (iptables INPUT and DOCKER-USER, comment orsbox:<network>): "
+                f"{refused}, and the host's published ports"]
+    return [f"allowlist: an internal Docker network of its own per session (a /{SESSION_SUBNET_PREFIX} of "
+            f"{SESSION_SUBNET_POOL}), removed with the session",
+            f"  egress only through orsbox's HTTP proxy on the network's gateway, port {PROXY_PORT} "
+            "(CONNECT for TLS, absolute-URI requests for plain HTTP), set as HTTP(S)_PROXY for commands",
+            f"  allowed: {', '.join(policy.allow)}; anything else is answered 403 and logged (egress_denied)",
+            "  names are resolved by the proxy on the host; inside the container DNS fails (dns 127.0.0.1)",
+            f"  refused whatever the list says (checked on the resolved address): {refused}",
+            "  the firewall (iptables, comment orsbox:<network>) drops everything else from the network, "
+            "the host's other ports included"]
 
 
 # ---------------------------------------------------------------- policy files
@@ -263,9 +375,23 @@ class PolicySet:
                 problems.append(f"{self._files.get(name) or 'built-in defaults'}: {problem}")
         return problems
 
+    def network_problems(self, firewall_problem: str | None) -> list[str]:
+        """Policies (default and every file) with a network of their own, where the host cannot firewall one."""
+        if firewall_problem is None:
+            return []
+        return [f"{self._files.get(name) or 'built-in defaults'}: network = {policy.network!r}: {firewall_problem}"
+                for name in sorted({"default", *self._overrides})
+                if (policy := self.resolve(name)).network != "none"]
+
     def require_runtimes(self, engine_runtimes: Mapping[str, Sequence[str]]) -> None:
         """Refuse (at start-up) policies that ask for a runtime the engine does not have."""
         problems = self.runtime_problems(engine_runtimes)
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def require_network(self, firewall_problem: str | None) -> None:
+        """Refuse (at start-up) policies with a network of their own where orsbox cannot set firewall rules."""
+        problems = self.network_problems(firewall_problem)
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -346,6 +472,7 @@ def explanation(policies: PolicySet, environment: str, policy_name: str | None =
     settings = container_settings(policy)
     if not full:
         settings["security_opt"] = [_abbreviate_seccomp(opt) for opt in settings["security_opt"]]
+    lines += ["", "network:", *network_summary(policy)]
     lines += ["", "container settings (docker-py containers.create() arguments, from container_settings):",
               json.dumps(settings, indent=2),
               "", "agent limits (enforced by the agent inside the container):",

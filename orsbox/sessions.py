@@ -204,6 +204,7 @@ class SessionManager:
         started = time.monotonic()
         containers = await self.backend.list_managed()
         outcomes = await asyncio.gather(*(self._adopt_or_remove(c) for c in containers))
+        await self.backend.remove_orphan_networks(set(self.sessions))
         if containers:
             log.info("adoption_finished", adopted=sum(outcomes), removed=len(outcomes) - sum(outcomes),
                      seconds=round(time.monotonic() - started, 3))
@@ -241,6 +242,11 @@ class SessionManager:
         if hello.get("protocol") != PROTOCOL_VERSION or hello.get("state") != "ready":
             await channel.close()
             return f"its agent is {hello.get('state')!r} (protocol {hello.get('protocol')})"
+        try:
+            await self.backend.restore(sandbox, env.policy)  # its firewall rules and egress proxy
+        except OrsboxError as exc:
+            await channel.close()
+            return f"its network cannot be restored: {exc.detail}"
         sid = labels[LABEL_SESSION]
         session = Session(id=sid, env=env, task={}, owner=labels.get(OWNER_LABEL, owner_of(None)),
                           created=time.monotonic() - age, state=State.READY, channel=channel)
@@ -462,7 +468,7 @@ class SessionManager:
 
     async def sweep(self) -> None:
         """Remove every container of this node that no live session owns (a removal failed, the engine
-        restarted under us): whatever happens, none is left behind."""
+        restarted under us), then such networks and their firewall rules: whatever happens, none is left behind."""
         owned = {sandbox.container_id for sandbox in map(_sandbox_if_created, self.sessions.values()) if sandbox}
         for container in await self.backend.list_managed():
             sid = container.labels.get(LABEL_SESSION, "")
@@ -470,6 +476,7 @@ class SessionManager:
                 continue
             log.warning("orphan_container_removed", container=container.name, session_id=sid or None)
             await self.backend.remove(self.backend.sandbox_of(container))
+        await self.backend.remove_orphan_networks(set(self.sessions))
 
     async def reap(self) -> None:
         """End idle sessions and those past their lifetime; forget old ended ids."""

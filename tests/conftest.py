@@ -1,14 +1,18 @@
 """Fixtures: a real orsbox app on the real Docker engine, an ORS test client, and the leak check.
 
-Every container a test run starts carries `orsbox.node=<this run's node id>`;
-after each test none may remain (a leak is a test failure).
+Every container and session network a test run starts carries `orsbox.node=<this run's node id>`;
+after each test none may remain, nor any orsbox firewall rule whose network is gone (a leak is a test failure).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -38,12 +42,16 @@ def engine() -> Iterator[docker.DockerClient]:
     client.close()
 
 
+# orwdemo vendors openreward's wheels with the host's pip (PyPI) when built
+TEST_IMAGES = ["bash", "orwdemo", "python", "coding"]
+
+
 @pytest.fixture(scope="session")
 def images(engine: docker.DockerClient) -> None:
     """The example images, built if missing (skipped in well under a second when current)."""
     from orsbox.images import build_images
 
-    build_images(ROOT / "images", ["bash"], client=engine, progress=lambda line: None)
+    build_images(ROOT / "images", TEST_IMAGES, client=engine, progress=lambda line: None)
 
 
 @pytest.fixture(scope="session")
@@ -58,9 +66,25 @@ def managed_containers(engine: docker.DockerClient) -> list[Any]:
     return engine.containers.list(all=True, filters={"label": ["orsbox.managed=1", f"orsbox.node={NODE_ID}"]})
 
 
+def managed_networks(engine: docker.DockerClient) -> list[Any]:
+    return engine.networks.list(filters={"label": ["orsbox.managed=1", f"orsbox.node={NODE_ID}"]})
+
+
+def dangling_firewall_rules(engine: docker.DockerClient) -> list[str]:
+    """orsbox's iptables rules (any node's) whose network is gone, as iptables-save prints them."""
+    if shutil.which("iptables-save") is None or os.geteuid() != 0:
+        return []
+    out = subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True, check=True).stdout
+    rules = {line: match.group(1) for line in out.splitlines()
+             if (match := re.search(r'--comment "?orsbox:([^"\s]+)', line))}
+    networks = {network.name for network in engine.networks.list()} if rules else set()
+    return [line for line, network in rules.items() if network not in networks]
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_containers(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fails the test if any container of this run outlives it (and removes it)."""
+    """Fails the test if any container or session network of this run outlives it, or any orsbox firewall
+    rule its network (and removes them)."""
     yield
     if "engine" not in request.fixturenames:
         return
@@ -68,7 +92,18 @@ def no_leaked_containers(request: pytest.FixtureRequest) -> Iterator[None]:
     leaked = managed_containers(engine)
     for container in leaked:
         container.remove(force=True, v=True)
+    networks = managed_networks(engine)
+    for network in networks:
+        network.remove()
+    rules = dangling_firewall_rules(engine)
+    if rules:  # another run's network may be between its removal and its rules': look again
+        time.sleep(1)
+        rules = [rule for rule in dangling_firewall_rules(engine) if rule in rules]
+    for rule in rules:
+        subprocess.run(["sh", "-c", f"iptables -w {rule.replace('-A', '-D', 1)}"], check=False)
     assert not leaked, f"leaked containers: {[c.name for c in leaked]}"
+    assert not networks, f"leaked networks: {[n.name for n in networks]}"
+    assert not rules, f"leaked firewall rules: {rules}"
 
 
 @pytest.fixture

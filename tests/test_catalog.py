@@ -72,6 +72,6 @@ async def test_a_broken_environment_is_skipped_with_its_reason(aiohttp_client: A
     with structlog.testing.capture_logs() as events:
         client = await aiohttp_client(create_app(config))
         names = await (await client.get("/list_environments")).json()
-    assert names == ["bash"]
+    assert "bash" in names and "cachetest" not in names
     [unavailable] = [e for e in events if e["event"] == "environment_unavailable"]
     assert unavailable["env"] == "cachetest" and "broken on purpose" in unavailable["reason"]

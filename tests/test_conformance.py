@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from orsbox.config import Config
+from orsbox.server import create_app
 from tests.support.reference_bash import reference_server_process
 from tests.support.server import free_port
 
@@ -101,7 +103,9 @@ class Both:
 
 
 @pytest.fixture
-async def both(ors: Ors, reference_url: str) -> AsyncIterator[Both]:
+async def both(aiohttp_client: Any, config: Config, reference_url: str) -> AsyncIterator[Both]:
+    """orsbox serving what the reference serves (other example images may be built on this machine)."""
+    ors = Ors(await aiohttp_client(create_app(config.model_copy(update={"environments": ["bash", "orwdemo"]}))))
     orsbox_url = str(ors.http.make_url("/")).rstrip("/")
     async with httpx.AsyncClient(base_url=orsbox_url, timeout=30, follow_redirects=True) as mine, \
             httpx.AsyncClient(base_url=reference_url, timeout=30, follow_redirects=True) as theirs:
@@ -166,6 +170,14 @@ DISCOVERY = [
     ("POST", "/create", {"json": {"task_spec": {"id": "train-0"}, "split": "train", "index": 0},
                          "headers": {"X-Session-ID": "x"}}),
     ("POST", "/create", {"json": {"task_spec": {}, "secrets": {}}, "headers": {"X-Session-ID": "x"}}),
+    # orwdemo: an openreward environment, served by orsbox through its adapter, by the reference as it is
+    ("GET", "/orwdemo/tools", {}),
+    ("GET", "/orwdemo/splits", {}),
+    ("POST", "/orwdemo/tasks", {"json": {"split": "test"}}),
+    ("POST", "/orwdemo/num_tasks", {"json": {"split": "train"}}),
+    ("POST", "/orwdemo/task", {"json": {"split": "train", "index": -1}}),
+    ("POST", "/orwdemo/task_range", {"json": {"split": "test", "start": 1, "stop": 3}}),
+    ("POST", "/orwdemo/tasks", {"json": {"split": "nope"}}),
 ]
 
 
@@ -203,6 +215,17 @@ async def test_same_episode_as_the_reference(both: Both) -> None:
     await both.same("POST", "/delete", headers=headers)
     await both.same("POST", "/delete", headers=headers)
     await both.same("POST", "/delete_session", headers=headers)
+
+
+async def test_same_openreward_episode_as_the_reference(both: Both) -> None:
+    headers = {"X-Session-ID": str(uuid.uuid4())}
+    await both.same("POST", "/create", json={"env_name": "orwdemo", "split": "train", "index": 2}, headers=headers)
+    for path in ("/orwdemo/prompt", "/orwdemo/messages", "/orwdemo/task_tools"):
+        await both.same("GET", path, headers=headers)
+    for name, tool_input in (("calculator", {"expression": "144 / 12 + 7"}), ("calculator", {"expression": "1/0"}),
+                             ("hint", {}), ("nope", {}), ("submit", {"answer": "19"}), ("hint", {})):
+        await both.same("POST", "/orwdemo/call", json={"name": name, "input": tool_input}, headers=headers)
+    await both.same("POST", "/delete", headers=headers)
 
 
 async def test_create_session_streams_like_the_reference(both: Both) -> None:

@@ -7,6 +7,7 @@ Every other image they build is removed again.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import tarfile
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -351,3 +353,141 @@ def test_base_from_image_builds_same_layout(
         with contextlib.suppress(docker.errors.ImageNotFound):
             client.images.remove(tag, force=True)
     assert client.images.get(f"{IMAGE_PREFIX}{BASE}:latest").id == base.image_id
+
+
+# ------------------------------------------------------------ vendored wheels
+
+VENDORED = "orsbox_vendortest"
+DEBIAN_PYTHON = images.PythonTarget(version="3.11", machine="x86_64", glibc="2.36")
+VENDOR_DOCKERFILE = f"""\
+ARG BASE_IMAGE=orsbox/base:latest
+FROM ${{BASE_IMAGE}}
+COPY site-packages /opt/env/site-packages
+LABEL orsbox.environment={TEST_NAME}
+"""
+
+
+def _make_wheel(folder: Path, version: str) -> Path:
+    """A pure-Python wheel of `orsbox_vendortest` whose module says its version (no network needed)."""
+    files = {
+        f"{VENDORED}/__init__.py": f"VERSION = {version!r}\n",
+        f"{VENDORED}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {VENDORED}\nVersion: {version}\n",
+        f"{VENDORED}-{version}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: orsbox-tests\n"
+                                                  "Root-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = [f"{path},sha256={_record_hash(text.encode())},{len(text.encode())}" for path, text in files.items()]
+    files[f"{VENDORED}-{version}.dist-info/RECORD"] = "\n".join([*record, f"{VENDORED}-{version}.dist-info/RECORD,,"])
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"{VENDORED}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+def _record_hash(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def _requirements(wheels: Path, requirement: str) -> str:
+    """A requirements.txt that resolves from *wheels* only."""
+    return f"--no-index\n--find-links {wheels}\n{requirement}  # the test wheel\n"
+
+
+def test_platform_tags_cover_every_manylinux_the_glibc_runs() -> None:
+    platforms = DEBIAN_PYTHON.platforms()
+    assert platforms[0] == "manylinux_2_36_x86_64"
+    assert "manylinux_2_17_x86_64" in platforms and "manylinux_2_5_x86_64" in platforms
+    assert platforms[-1] == "manylinux2014_x86_64"
+    options = DEBIAN_PYTHON.pip_options()
+    assert options[:8] == ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+                           "--abi", "cp311", "--platform"]
+
+
+def test_python_probe_is_parsed_and_non_glibc_pythons_refused() -> None:
+    assert images.parse_python_probe('[3, 11, "cpython", "x86_64", "glibc", "2.36"]\n', "b") == DEBIAN_PYTHON
+    with pytest.raises(ImageBuildError, match="need CPython on glibc"):
+        images.parse_python_probe('[3, 12, "cpython", "x86_64", "", ""]', "alpine")
+    with pytest.raises(ImageBuildError, match="need CPython on glibc"):
+        images.parse_python_probe('[3, 10, "pypy", "x86_64", "glibc", "2.36"]', "pypy")
+    with pytest.raises(ImageBuildError, match="unexpected answer from python3 in b"):
+        images.parse_python_probe("python3: not found", "b")
+
+
+def test_vendoring_installs_the_requirements_for_the_image_python(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    _make_wheel(wheels, "1.0")
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / images.REQUIREMENTS_FILE).write_text(_requirements(wheels, f"{VENDORED}==1.0"))
+    lines: list[str] = []
+    images.vendor_requirements(context, DEBIAN_PYTHON, TEST_NAME, lines.append)
+    installed = context / images.VENDOR_DIR / VENDORED / "__init__.py"
+    assert installed.read_text() == "VERSION = '1.0'\n"
+    assert not list((context / images.VENDOR_DIR).rglob("*.pyc"))  # the image compiles its own byte code
+    assert lines[0] == f"vendoring wheels for python 3.11 (x86_64, glibc 2.36): {VENDORED}==1.0"
+    assert any(line.startswith(f"[{TEST_NAME}] ") and "Successfully installed" in line for line in lines)
+
+
+def test_a_failing_pip_is_a_clear_build_error(tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / images.REQUIREMENTS_FILE).write_text(_requirements(tmp_path / "no-wheels", "no-such-package==9"))
+    with pytest.raises(ImageBuildError) as caught:
+        images.vendor_requirements(context, DEBIAN_PYTHON, TEST_NAME, lambda _: None)
+    message = str(caught.value)
+    assert message.startswith(f"vendoring the wheels of {TEST_NAME}'s requirements.txt for python 3.11")
+    assert "pip exited 1" in message and "no-such-package" in message
+
+
+def test_requirements_are_hashed_with_the_vendoring_recipe(tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM x\n")
+    plain = images.context_inputs_hash(context, "sha256:1")
+    (context / images.REQUIREMENTS_FILE).write_text("pkg==1\n")
+    first = images.context_inputs_hash(context, "sha256:1")
+    assert first != plain
+    (context / images.REQUIREMENTS_FILE).write_text("pkg==2\n")
+    assert images.context_inputs_hash(context, "sha256:1") != first
+
+
+@pytest.mark.docker
+def test_requirements_are_vendored_and_rebuilt_only_when_they_change(
+    client: docker.DockerClient, base: BuiltImage, tmp_path: Path, cleanup: None
+) -> None:
+    images_dir = _make_images_dir(tmp_path)
+    context = images_dir / TEST_NAME
+    (context / "Dockerfile").write_text(VENDOR_DOCKERFILE)
+    wheels = tmp_path / "wheels"
+    for version in ("1.0", "2.0"):
+        _make_wheel(wheels, version)
+    requirements = context / images.REQUIREMENTS_FILE
+
+    def build(requirement: str) -> tuple[BuiltImage, list[str]]:
+        requirements.write_text(_requirements(wheels, requirement))
+        lines: list[str] = []
+        (_, built) = build_images(images_dir, [TEST_NAME], client=client, progress=lines.append)
+        return built, lines
+
+    def vendored_version(image: BuiltImage) -> str:
+        script = f"import {VENDORED}; print({VENDORED}.VERSION)"
+        output = client.containers.run(image.tag, ["python3", "-c", script], remove=True, network_disabled=True,
+                                       environment={"PYTHONPATH": "/opt/env/site-packages"})
+        return str(output.decode().strip())
+
+    first, lines = build(f"{VENDORED}==1.0")
+    assert first.built and vendored_version(first) == "1.0"
+    assert any(line.startswith("vendoring wheels for python 3.") for line in lines)
+    assert not (context / images.VENDOR_DIR).exists()  # vendored into a copy of the context
+
+    again, lines = build(f"{VENDORED}==1.0")
+    assert again == BuiltImage(TEST_NAME, first.tag, first.image_id, built=False)
+    assert not any(line.startswith("vendoring") for line in lines)
+
+    second, _ = build(f"{VENDORED}==2.0")
+    assert second.built and second.tag != first.tag and vendored_version(second) == "2.0"
+
+    (context / images.VENDOR_DIR).mkdir()
+    with pytest.raises(ImageBuildError, match="site-packages exists"):
+        build(f"{VENDORED}==1.0")

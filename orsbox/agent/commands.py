@@ -119,8 +119,13 @@ class OutputCapture:
         return "%s\n[... %d bytes of output truncated ...]\n%s" % (head, omitted, tail.decode("utf-8", "replace"))
 
 
+#: Passed from the agent's environment to commands when set: the egress proxy of an allowlist session.
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+
+
 def command_env(cwd: str) -> Dict[str, str]:
-    return {
+    env = {name: os.environ[name] for name in PROXY_VARIABLES if name in os.environ}
+    env.update({
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": LIMITS.home,
         "USER": "user",
@@ -132,21 +137,29 @@ def command_env(cwd: str) -> Dict[str, str]:
         "PWD": cwd,
         # bash sources this first: it raises its own oom_score_adj (allowed unprivileged), then unsets itself.
         "BASH_ENV": _OOM_FIRST,
-    }
+    })
+    return env
 
 
 _OOM_FIRST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "oom_first.sh")
 
-_one_at_a_time: Optional[asyncio.Lock] = None
+_user_locks: Dict[int, asyncio.Lock] = {}
+
+
+def user_lock(uid: int) -> asyncio.Lock:
+    """The lock one-shot programs of `uid` hold: the clean-up after each kills every process of its uid.
+
+    Created on first use, inside the running loop (Python 3.8/3.9 locks bind to a loop when made).
+    """
+    if uid not in _user_locks:
+        _user_locks[uid] = asyncio.Lock()
+    return _user_locks[uid]
 
 
 async def run_command(command: str, *, timeout: Optional[float] = None, cwd: str = "/workspace") -> CommandResult:
     """Run `command` with bash as the command user; never raises for what the command does."""
-    global _one_at_a_time
-    if _one_at_a_time is None:
-        _one_at_a_time = asyncio.Lock()
     limit = LIMITS.default_timeout if timeout is None else max(0.0, min(float(timeout), LIMITS.max_timeout))
-    async with _one_at_a_time:
+    async with user_lock(LIMITS.uid):
         return await _run(command, limit, cwd)
 
 
@@ -223,16 +236,17 @@ async def _pump(read_fd: int, capture: OutputCapture) -> None:
         transport.close()
 
 
-def drop_privileges() -> Dict[str, Any]:
-    """Popen arguments that make the child the command user with no extra groups."""
+def drop_privileges(uid: Optional[int] = None, gid: Optional[int] = None) -> Dict[str, Any]:
+    """Popen arguments that make the child the command user (or `uid`/`gid`) with no extra groups."""
+    to_uid = LIMITS.uid if uid is None else uid
+    to_gid = LIMITS.gid if gid is None else gid
     if sys.version_info >= (3, 9):
-        return {"user": LIMITS.uid, "group": LIMITS.gid, "extra_groups": []}
-    uid, gid = LIMITS.uid, LIMITS.gid
+        return {"user": to_uid, "group": to_gid, "extra_groups": []}
 
     def demote() -> None:  # Python 3.8: no user= in Popen
         os.setgroups([])
-        os.setresgid(gid, gid, gid)
-        os.setresuid(uid, uid, uid)
+        os.setresgid(to_gid, to_gid, to_gid)
+        os.setresuid(to_uid, to_uid, to_uid)
 
     return {"preexec_fn": demote}
 

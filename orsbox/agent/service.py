@@ -83,6 +83,7 @@ class Agent:
             Method.HELLO: self.hello,
             Method.SETUP: self.setup,
             Method.PROMPT: self.prompt,
+            Method.MESSAGES: self.messages,
             Method.TASK_TOOLS: self.task_tools,
             Method.CALL_TOOL: self.call_tool,
             Method.TEARDOWN: self.teardown,
@@ -134,6 +135,16 @@ class Agent:
         env = self._ready_env()
         try:
             return blocks_to_json(await call_maybe_async(env.get_prompt))
+        except Exception as exc:
+            raise WireError(ErrorType.ENVIRONMENT_ERROR, "%s: %s" % (type(exc).__name__, exc)) from None
+
+    async def messages(self, params: Dict[str, Any]) -> Any:
+        """The prompt as a conversation: an openreward environment's own get_messages, else one user message."""
+        env = self._ready_env()
+        try:
+            if isinstance(env, openreward_adapter.OpenRewardEnvironment):
+                return await env.get_messages()
+            return [{"role": "user", "blocks": blocks_to_json(await call_maybe_async(env.get_prompt)), "detail": None}]
         except Exception as exc:
             raise WireError(ErrorType.ENVIRONMENT_ERROR, "%s: %s" % (type(exc).__name__, exc)) from None
 

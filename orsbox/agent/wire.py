@@ -34,6 +34,7 @@ class Method:
     HELLO = "hello"  # -> {"protocol", "python", "pid", "environment", "state"}
     SETUP = "setup"  # {"task", "secrets"} -> {}
     PROMPT = "prompt"  # -> [block, ...]
+    MESSAGES = "messages"  # -> [{"role", "blocks", "detail"}, ...]
     TASK_TOOLS = "task_tools"  # -> {"tools": [...]}
     CALL_TOOL = "call_tool"  # {"name", "input"} -> {"ok": true, "output"} | {"ok": false, ...}
     TEARDOWN = "teardown"  # -> {}

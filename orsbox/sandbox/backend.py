@@ -20,7 +20,8 @@ LABEL_POLICY_NAME = "orsbox.policy"  # on images: policy file to use; on contain
 LABEL_NODE = "orsbox.node"
 LABEL_CREATED = "orsbox.created"  # unix time
 LABEL_AGENT = "orsbox.agent"  # agent protocol version
-LABEL_ROLE = "orsbox.role"  # "session" or "describe"
+LABEL_ROLE = "orsbox.role"  # "session", "describe" or "network"
+LABEL_NETWORK_MODE = "orsbox.network"  # on session networks: the policy's network mode
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,10 @@ class Backend(Protocol):
     async def describe(self, image: EnvironmentImage, policy: SandboxPolicy) -> dict[str, Any]: ...
     async def create(self, spec: SandboxSpec) -> Sandbox: ...
     async def is_running(self, sandbox: Sandbox) -> bool: ...
-    async def remove(self, sandbox: Sandbox) -> None: ...  # idempotent, never raises
+    async def remove(self, sandbox: Sandbox) -> None: ...  # idempotent, never raises; its network too
+    async def restore(self, sandbox: Sandbox, policy: SandboxPolicy) -> None: ...  # adopted: its proxy again
+    async def remove_orphan_networks(self, live_sessions: set[str]) -> None: ...  # of no live session
+    def network_problem(self) -> str | None: ...  # why sessions cannot have networks of their own here
     async def list_managed(self) -> list[ManagedContainer]: ...
     def sandbox_of(self, container: ManagedContainer) -> Sandbox: ...
     async def remove_container(self, container_id: str) -> None: ...

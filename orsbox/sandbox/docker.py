@@ -46,6 +46,7 @@ from .backend import (
     Sandbox,
     SandboxSpec,
 )
+from .network import Firewall, SessionNetwork, SessionNetworks
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -96,7 +97,7 @@ class DockerBackend:
     """Sessions as Docker containers on the local engine."""
 
     def __init__(self, client: docker.DockerClient, *, state_dir: Path, node_id: str, pool_size: int,
-                 runtimes: dict[str, list[str]] | None = None) -> None:
+                 runtimes: dict[str, list[str]] | None = None, mtu: str | None = None) -> None:
         self.client = client
         self.runtimes = runtimes if runtimes is not None else {"runc": []}  # name -> registered arguments
         self.state_dir = state_dir
@@ -105,6 +106,7 @@ class DockerBackend:
         self.agent_dir = stage_agent(state_dir)
         self.agent_digest = self.agent_dir.name
         self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="docker")
+        self.networks = SessionNetworks(self._run, client, node_id=node_id, mtu=mtu)
 
     @classmethod
     async def connect(cls, *, state_dir: Path, node_id: str, timeout: float, pool_size: int) -> DockerBackend:
@@ -112,17 +114,17 @@ class DockerBackend:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         (state_dir / "sessions").mkdir(exist_ok=True, mode=0o700)
 
-        def connect() -> tuple[docker.DockerClient, dict[str, list[str]]]:
+        def connect() -> tuple[docker.DockerClient, dict[str, list[str]], str | None]:
             client = docker.from_env(timeout=int(timeout), max_pool_size=pool_size)
             client.ping()
-            return client, engine_runtimes(client)
+            return client, engine_runtimes(client), engine_mtu(client)
 
         try:
-            client, runtimes = await asyncio.get_running_loop().run_in_executor(None, connect)
+            client, runtimes, mtu = await asyncio.get_running_loop().run_in_executor(None, connect)
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise SandboxError(f"the Docker engine does not answer at {_engine_address()}: {exc}") from exc
         log.info("docker_connected", runtimes=sorted(runtimes))
-        return cls(client, state_dir=state_dir, node_id=node_id, pool_size=pool_size, runtimes=runtimes)
+        return cls(client, state_dir=state_dir, node_id=node_id, pool_size=pool_size, runtimes=runtimes, mtu=mtu)
 
     async def _run(self, action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking engine call in the executor, keeping log context; map its errors."""
@@ -132,6 +134,7 @@ class DockerBackend:
             return await loop.run_in_executor(self._executor, lambda: ctx.run(fn, *args, **kwargs))
 
     async def close(self) -> None:
+        await self.networks.close()
         self._executor.shutdown(wait=True, cancel_futures=False)
         self.client.close()
 
@@ -144,24 +147,27 @@ class DockerBackend:
     # -- environments --------------------------------------------------------
 
     async def list_environment_images(self) -> list[EnvironmentImage]:
-        images = await self._run("list images", self.client.images.list, filters={"label": LABEL_ENVIRONMENT})
+        """Tagged images labelled as environments: one engine call (no per-image inspect that could race a removal)."""
+        images = await self._run("list images", self.client.api.images, filters={"label": LABEL_ENVIRONMENT})
         found = []
         for image in images:
-            labels = image.labels or {}
-            if not labels.get(LABEL_ENTRYPOINT) or not image.tags:
+            labels = image.get("Labels") or {}
+            tags = tuple(tag for tag in image.get("RepoTags") or () if tag != "<none>:<none>")
+            if not labels.get(LABEL_ENTRYPOINT) or not tags:
                 continue
             found.append(EnvironmentImage(
                 name=labels[LABEL_ENVIRONMENT].lower(),
-                image_id=image.id,
+                image_id=image["Id"],
                 entrypoint=labels[LABEL_ENTRYPOINT],
                 policy_name=labels.get(LABEL_POLICY_NAME),
-                tags=tuple(image.tags),
-                created=image.attrs.get("Created", ""),
+                tags=tags,
+                created=str(image.get("Created", "")),
             ))
         return found
 
     async def describe(self, image: EnvironmentImage, policy: SandboxPolicy) -> dict[str, Any]:
         """Run the image's agent in describe mode in a locked-down, network-less container."""
+        policy = policy.model_copy(update={"network": "none", "allow": ()})  # whatever the sessions get
         self._require_runtime(policy)
         command = self._agent_command("describe", image, policy)
         settings = self._settings(policy, labels=self._labels(role="describe", environment=image.name))
@@ -187,14 +193,18 @@ class DockerBackend:
         session_dir.mkdir(mode=0o700)
         labels = self._labels(role="session", environment=spec.environment.name)
         labels.update({LABEL_SESSION: spec.session_id, LABEL_POLICY_NAME: spec.policy.digest(), **spec.extra_labels})
-        settings = self._settings(spec.policy, labels=labels)
-        settings["volumes"] = {
-            str(session_dir): {"bind": wire.SOCKET_DIR_IN_CONTAINER, "mode": "rw"},
-            str(self.agent_dir): {"bind": AGENT_MOUNT, "mode": "ro"},
-        }
         command = self._agent_command("serve", spec.environment, spec.policy)
         sandbox = Sandbox(container_id="", name=name, session_dir=session_dir)
         try:
+            network = None
+            if spec.policy.network != "none":  # its own network, named like the container
+                network = await self.networks.create(name, spec.session_id, spec.policy, self._labels(
+                    role="network", environment=spec.environment.name))
+            settings = self._settings(spec.policy, labels=labels, network=network)
+            settings["volumes"] = {
+                str(session_dir): {"bind": wire.SOCKET_DIR_IN_CONTAINER, "mode": "rw"},
+                str(self.agent_dir): {"bind": AGENT_MOUNT, "mode": "ro"},
+            }
             container = await self._create_once(name, spec.environment.image_id, command, settings)
             sandbox = Sandbox(container_id=container.id, name=name, session_dir=session_dir)
             await self._run("start container", container.start)
@@ -239,9 +249,24 @@ class DockerBackend:
         return bool(attrs.get("State", {}).get("Running"))
 
     async def remove(self, sandbox: Sandbox) -> None:
-        """Kill and remove the container (by name, in case create half-failed) and its session folder."""
+        """Kill and remove the container (by name, in case create half-failed), its network (named like it)
+        with its firewall rules and proxy, and its session folder."""
         await self.remove_container(sandbox.container_id or sandbox.name)
+        await self.networks.remove(sandbox.name)
         shutil.rmtree(sandbox.session_dir, ignore_errors=True)
+
+    async def restore(self, sandbox: Sandbox, policy: SandboxPolicy) -> None:
+        """An adopted session's network as it must be: its firewall rules, and its egress proxy in this process."""
+        await self.networks.restore(sandbox.name, policy)
+
+    def network_problem(self) -> str | None:
+        """Why sessions cannot get networks of their own here (no iptables, not root), or None."""
+        return Firewall.problem()
+
+    async def remove_orphan_networks(self, live_sessions: set[str]) -> None:
+        """Remove this node's session networks (and rules) that no live session or left container has."""
+        containers = {container.name for container in await self.list_managed()}
+        await self.networks.remove_orphans(live_sessions, containers)
 
     async def remove_container(self, container_id: str) -> None:
         try:
@@ -279,13 +304,16 @@ class DockerBackend:
         }
 
     @staticmethod
-    def _settings(policy: SandboxPolicy, *, labels: dict[str, str]) -> dict[str, Any]:
-        settings = container_settings(policy)
+    def _settings(policy: SandboxPolicy, *, labels: dict[str, str],
+                  network: SessionNetwork | None = None) -> dict[str, Any]:
+        settings = container_settings(policy, network.name) if network else container_settings(policy)
         settings.update(
             labels=labels,
             working_dir="/",
             environment={
-                "PYTHONPATH": f"{AGENT_MOUNT}:{ENV_CODE_DIR}",
+                **(network.container_environment() if network else {}),  # the egress proxy (allowlist)
+                # The agent, the environment's code, then the wheels `orsbox build` vendored for it.
+                "PYTHONPATH": f"{AGENT_MOUNT}:{ENV_CODE_DIR}:{ENV_CODE_DIR}/site-packages",
                 "PYTHONDONTWRITEBYTECODE": "1",
                 "PYTHONUNBUFFERED": "1",
             },
@@ -297,6 +325,15 @@ class DockerBackend:
     def _agent_command(mode: str, image: EnvironmentImage, policy: SandboxPolicy) -> list[str]:
         limits = json.dumps(policy.agent_limits(), separators=(",", ":"))
         return ["python3", "-B", "-m", "orsbox.agent", mode, "--entrypoint", image.entrypoint, "--limits", limits]
+
+
+def engine_mtu(client: docker.DockerClient) -> str | None:
+    """The MTU the engine gives its default bridge (daemon.json "mtu"), for session networks to use too."""
+    try:
+        options = client.api.inspect_network("bridge").get("Options") or {}
+    except docker.errors.DockerException:
+        return None
+    return options.get("com.docker.network.driver.mtu")
 
 
 def engine_runtimes(client: docker.DockerClient) -> dict[str, list[str]]:

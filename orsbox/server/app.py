@@ -43,8 +43,9 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     async def catalog(app: web.Application) -> AsyncIterator[None]:
         policies = PolicySet.load(config.policies_dir)
         policies.require_runtimes(app[BACKEND].runtimes)  # refuse to start half-configured
+        policies.require_network(app[BACKEND].network_problem())
         app[CATALOG] = await Catalog.load(app[BACKEND], policies, config.state_dir / "catalog",
-                                          config.default_environment)
+                                          config.default_environment, only=config.environments)
         if not app[CATALOG].names():
             log.warning("no_environments", hint="build the example images: orsbox build")
         yield

@@ -7,6 +7,9 @@ subprocesses, in a per-session temporary folder, under the reference server
 `scripts/bench` (latency of the unsandboxed reference) and by differential
 conformance tests (same requests, same answers).
 
+It also serves `images/orwdemo`'s environment, which is written against openreward's API and
+needs no twin: the reference runs the very class orsbox serves through its adapter.
+
 It is NOT a sandbox: commands run as the current user on the host. Send it
 harmless commands only, and bind it to loopback (the helpers below do).
 
@@ -197,9 +200,21 @@ for _fn in (BashTwin.bash, BashTwin.restart_shell, BashTwin.submit):
 # ---------------------------------------------------------------- serving
 
 
+def load_orwdemo() -> type[Environment]:
+    """`images/orwdemo`'s DemoEnv, unmodified, named `orwdemo` as orsbox serves it (openreward names by class)."""
+    path = ROOT / "images" / "orwdemo" / "orwdemo_env.py"
+    spec = importlib.util.spec_from_file_location("orwdemo_env", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = sys.modules.setdefault("orwdemo_env", importlib.util.module_from_spec(spec))
+    if not hasattr(module, "DemoEnv"):
+        spec.loader.exec_module(module)
+    return type("Orwdemo", (module.DemoEnv,), {"__doc__": module.DemoEnv.__doc__})
+
+
 def make_reference_app() -> Any:
-    """The reference server's ASGI (FastAPI) app, serving the twin as `bash`."""
-    return Server([BashTwin]).app
+    """The reference server's ASGI (FastAPI) app, serving the twin as `bash` (the default) and `orwdemo`."""
+    return Server([BashTwin, load_orwdemo()]).app
 
 
 def run_reference_server(port: int, host: str = "127.0.0.1", log_level: str = "warning") -> None:

@@ -1,0 +1,310 @@
+"""The egress proxy of `network = "allowlist"` sessions: HTTP CONNECT and plain HTTP, to allowed host:ports only.
+
+One listener per session, bound to its network's gateway address on the host: the only address the
+session's container can reach, and the firewall lets it reach only this port. So the listener *is*
+the session (no source-address bookkeeping), and no other session or container can use it. It runs
+in the server's event loop: streams copied by asyncio, names resolved with the loop's resolver.
+
+Every request goes through the same checks, in order:
+
+1. it names a host:port of the session's `allow` list: names match exactly or by `*.suffix`; an
+   address matches only if it is listed as that address;
+2. the name resolves, here on the host (never in the container, whose DNS goes nowhere), to an address
+   that is not loopback, link-local (169.254.0.0/16: the metadata address), unspecified, multicast or
+   reserved, in orsbox's session networks, or one of this host's own: checked on the very address the
+   proxy then connects to, so DNS rebinding gains nothing;
+3. the proxy connects to that address and relays bytes both ways.
+
+A refusal is answered `403` with the reason (`400`/`431` for requests that are not HTTP proxy
+requests, `502` when the upstream cannot be reached) and logged as `egress_denied` with the session id;
+a finished connection is logged as `egress` with the bytes each way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from urllib.parse import SplitResult, urlsplit
+
+import structlog
+
+from ..policy import parse_allow_entry
+
+log = structlog.get_logger()
+
+HEAD_LIMIT = 64 * 1024  # bytes: request line and headers at most
+HEAD_TIMEOUT = 30.0  # s for a client to send its request head
+CONNECT_TIMEOUT = 10.0  # s to reach an upstream address
+MAX_CONNECTIONS = 128  # open connections per session at once; past it: 503
+CHUNK = 64 * 1024  # bytes per read when relaying
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_HOP_BY_HOP = {"connection", "proxy-connection", "keep-alive", "proxy-authorization", "proxy-authenticate",
+               "upgrade"}
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+class Refused(Exception):
+    """A request the proxy does not forward: the status it answers and why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+# ---------------------------------------------------------------- what may be reached
+
+
+class Allowlist:
+    """A session's `allow` entries: exact host:port pairs and `*.suffix` wildcards."""
+
+    def __init__(self, entries: Sequence[str]) -> None:
+        self.exact: set[tuple[str, int]] = set()
+        self.suffixes: set[tuple[str, int]] = set()  # (".example.com", 443) for "*.example.com:443"
+        for entry in entries:
+            host, port = parse_allow_entry(entry)
+            if host.startswith("*."):
+                self.suffixes.add((host[1:], port))
+            else:
+                self.exact.add((host, port))
+
+    def allows(self, host: str, port: int) -> bool:
+        """Whether `host:port`, as a client asked for it, is on the list."""
+        if "*" in host:
+            return False
+        try:
+            host, port = parse_allow_entry(f"{host}:{port}")  # the same normal form as the entries
+        except ValueError:
+            return False
+        return (host, port) in self.exact or any(host.endswith(suffix) and port == allowed
+                                                 for suffix, allowed in self.suffixes)
+
+
+def refusal(address: IPAddress, pool: ipaddress.IPv4Network) -> str | None:
+    """Why the proxy never connects to `address`, whatever the allowlist says; None if it may."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour or (address.teredo or (None, None))[1]
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return refusal(embedded, pool)
+    if address.is_loopback:
+        return f"{address} is a loopback address"
+    if address.is_link_local:
+        return f"{address} is link-local (169.254.0.0/16 holds the cloud metadata address)"
+    if address.is_unspecified or address.is_multicast or address.is_reserved:
+        return f"{address} is not a unicast address"
+    if isinstance(address, ipaddress.IPv4Address) and address in pool:
+        return f"{address} is in orsbox's session networks ({pool})"
+    if is_host_address(address):
+        return f"{address} is an address of this host"
+    return None
+
+
+def is_host_address(address: IPAddress) -> bool:
+    """Whether `address` is one of this host's own (any interface, up or down): only those can be bound.
+
+    Where non-local binds are allowed (`ip_nonlocal_bind`), every address looks local: refused (fail closed).
+    """
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(address), 0))
+        except OSError:
+            return False
+    return True
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """The addresses of `host`, resolved on the host (an address stands for itself). Tests may replace it."""
+    with contextlib.suppress(ValueError):
+        return [str(ipaddress.ip_address(host))]
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+# ---------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class Request:
+    """A proxy request: where it goes and, for plain HTTP, the head to send upstream."""
+
+    method: str
+    host: str
+    port: int
+    upstream_head: bytes  # b"" for CONNECT
+
+
+def parse_request(head: bytes) -> Request:
+    """`CONNECT host:port` or an absolute-URI `GET http://host[:port]/path`; raises Refused otherwise."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise Refused(400, "not an HTTP/1.x request")
+    method, target, version = parts
+    if method == "CONNECT":
+        host, port = _host_port(urlsplit(f"//{target}"), None)
+        return Request(method, host, port, b"")
+    url = urlsplit(target)
+    if url.scheme.lower() != "http":
+        raise Refused(400, "a proxy request names an absolute http:// URI (https:// goes through CONNECT)")
+    host, port = _host_port(url, 80)
+    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    headers = [line for line in lines[1:] if line and line.split(":", 1)[0].strip().lower() not in _HOP_BY_HOP]
+    if not any(line.split(":", 1)[0].strip().lower() == "host" for line in headers):
+        headers.insert(0, f"Host: {url.netloc.rpartition('@')[2]}")
+    upstream = "\r\n".join([f"{method} {path} {version}", *headers, "Connection: close", "", ""])
+    return Request(method, host, port, upstream.encode("latin-1"))
+
+
+def _host_port(url: SplitResult, default_port: int | None) -> tuple[str, int]:
+    try:
+        host, port = url.hostname, url.port
+    except ValueError:
+        raise Refused(400, "the port is not a number from 0 to 65535") from None
+    port = port if port is not None else default_port
+    if not host or not port:
+        raise Refused(400, "the request names no host:port")
+    return str(host), int(port)
+
+
+def answer(status: int, reason: str) -> bytes:
+    """A complete response that ends the connection."""
+    body = f"orsbox egress proxy: {reason}\n".encode()
+    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+# ---------------------------------------------------------------- the proxy
+
+
+class EgressProxy:
+    """One allowlist session's proxy, listening on `host:port` (its network's gateway)."""
+
+    def __init__(self, *, session_id: str, network: str, allow: Sequence[str], host: str, port: int,
+                 pool: ipaddress.IPv4Network) -> None:
+        self.session_id, self.network = session_id, network
+        self.allowlist = Allowlist(allow)
+        self.host, self.port, self.pool = host, port, pool
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, host=self.host, port=self.port, limit=HEAD_LIMIT,
+                                                  reuse_address=True)
+        log.info("egress_proxy_started", session_id=self.session_id, network=self.network,
+                 address=f"{self.host}:{self.port}")
+
+    async def close(self) -> None:
+        """Stop listening and cut every open connection."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            if len(self._tasks) > MAX_CONNECTIONS:
+                writer.write(answer(503, f"this session has {MAX_CONNECTIONS} connections open already"))
+                await writer.drain()
+                return
+            await self._proxy(reader, writer)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+    async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+        except asyncio.LimitOverrunError:
+            writer.write(answer(431, f"the request head is larger than {HEAD_LIMIT} bytes"))
+            await writer.drain()
+            return
+        except (asyncio.IncompleteReadError, TimeoutError):
+            return
+        request: Request | None = None
+        try:
+            request = parse_request(head)
+            upstream_reader, upstream_writer, address = await self._open(request)
+        except Refused as exc:
+            log.warning("egress_denied", session_id=self.session_id, status=exc.status, reason=exc.reason,
+                        method=request.method if request else None, host=request.host if request else None,
+                        port=request.port if request else None)
+            writer.write(answer(exc.status, exc.reason))
+            await writer.drain()
+            return
+        started = time.monotonic()
+        if request.method == "CONNECT":
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            upstream_writer.write(request.upstream_head)
+        sent, received = await relay(reader, writer, upstream_reader, upstream_writer)
+        log.info("egress", session_id=self.session_id, method=request.method, host=request.host,
+                 port=request.port, address=address, sent=sent, received=received,
+                 seconds=round(time.monotonic() - started, 3))
+
+    async def _open(self, request: Request) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+        """Connect to the first allowed address of the request's host; raises Refused."""
+        where = f"{request.host}:{request.port}"
+        if not self.allowlist.allows(request.host, request.port):
+            raise Refused(403, f"{where} is not in this session's allowlist")
+        try:
+            addresses = [ipaddress.ip_address(a) for a in await resolve(request.host, request.port)]
+        except (OSError, ValueError) as exc:
+            raise Refused(502, f"{request.host} does not resolve: {exc}") from None
+        verdicts = [(address, refusal(address, self.pool)) for address in addresses]
+        allowed = [address for address, reason in verdicts if reason is None]
+        if not allowed:
+            reasons = "; ".join(reason for _, reason in verdicts if reason) or "it has no address"
+            raise Refused(403, f"{where} refused: {reasons}")
+        failures = []
+        for address in allowed:
+            try:
+                upstream_reader, upstream_writer = await asyncio.wait_for(
+                    asyncio.open_connection(str(address), request.port, limit=CHUNK), CONNECT_TIMEOUT)
+                return upstream_reader, upstream_writer, str(address)
+            except (OSError, TimeoutError) as exc:
+                failures.append(f"{address}: {exc.strerror if isinstance(exc, OSError) else 'timed out'}")
+        raise Refused(502, f"{where} cannot be reached ({'; '.join(failures)})")
+
+
+async def relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
+                upstream_reader: asyncio.StreamReader, upstream_writer: asyncio.StreamWriter) -> tuple[int, int]:
+    """Copy bytes both ways until both sides are done (half-closes passed on); (bytes sent, bytes received)."""
+    up = asyncio.ensure_future(_pipe(client_reader, upstream_writer))
+    down = asyncio.ensure_future(_pipe(upstream_reader, client_writer))
+    try:
+        await asyncio.gather(up, down)
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        for task in (up, down):
+            task.cancel()
+        upstream_writer.close()
+    return (up.result() if up.done() and not up.cancelled() and up.exception() is None else 0,
+            down.result() if down.done() and not down.cancelled() and down.exception() is None else 0)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    total = 0
+    while data := await reader.read(CHUNK):
+        total += len(data)
+        writer.write(data)
+        await writer.drain()
+    if writer.can_write_eof():
+        writer.write_eof()
+    return total

@@ -1,0 +1,130 @@
+"""Network "allowlist": egress only to the listed host:port entries, only through orsbox's proxy.
+
+Every target is a test server on a Docker network the tests made (or the host's own address on one):
+`web_server` is the allowlisted host, `other_server` one that is not listed, `metadata_server` answers
+at 169.254.169.254. The proxy runs in this process, so names are made resolvable for it (and only it)
+by replacing its resolver; the container itself resolves nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import docker
+import pytest
+import structlog
+
+from orsbox.policy import PROXY_PORT
+from orsbox.sandbox import egress
+
+from ..conftest import Ors
+from .conftest import METADATA_IP, NetServer, gateway_of, reaches_from_the_host
+from .probe import parse, probe_command
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def names(monkeypatch: pytest.MonkeyPatch, web_server: NetServer) -> dict[str, list[str]]:
+    """Names only the proxy resolves (on top of the host's own resolver): edit the dict to add some."""
+    table = {"allowed.test": [web_server.ip]}
+    real = egress.resolve
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return table[host] if host in table else await real(host, port)
+
+    monkeypatch.setattr(egress, "resolve", resolve)
+    return table
+
+
+async def test_only_allowlisted_hosts_are_reached_and_only_through_the_proxy(
+    network_app: Callable[[str], Awaitable[Ors]], engine: docker.DockerClient, names: dict[str, list[str]],
+    web_server: NetServer, other_server: NetServer, metadata_server: NetServer,
+    host_listener: Callable[[str], Awaitable[int]],
+) -> None:
+    names.update({"rebind.test": [METADATA_IP], "host.test": [web_server.gateway]})
+    allow = [f"{web_server.ip}:80", "allowed.test:80", "*.wild.test:80", f"{METADATA_IP}:80", "rebind.test:80",
+             "host.test:80", "localhost:80"]
+    names["a.wild.test"] = [web_server.ip]
+    ors = await network_app(f'network = "allowlist"\nallow = {allow!r}'.replace("'", '"'))
+    sid = await ors.new_session()
+    await ors.prompt(sid)
+    gateway = gateway_of(engine, sid)
+    env = await ors.bash(sid, "env | grep -i _proxy | sort")
+    assert f"HTTPS_PROXY=http://{gateway}:{PROXY_PORT}" in env.text.splitlines()
+    assert f"http_proxy=http://{gateway}:{PROXY_PORT}" in env.text.splitlines()
+
+    listening = await host_listener(gateway)
+    assert await reaches_from_the_host(gateway, listening)
+    steps: list[list[Any]] = [
+        ["get", f"http://{web_server.ip}/"],  # 0: allowed, through the proxy (urllib honours HTTP_PROXY)
+        ["get", "http://allowed.test/"],  # 1: by a name the proxy resolves
+        ["get", "http://a.wild.test/"],  # 2: by a wildcard
+        ["connect", web_server.ip, 80],  # 3: a raw CONNECT tunnel
+        ["get", f"http://{other_server.ip}/"],  # 4: not listed
+        ["connect", other_server.ip, 80],  # 5
+        ["connect", web_server.ip, 8080],  # 6: listed host, another port
+        ["get", f"http://{METADATA_IP}/"],  # 7: the metadata address, listed by address
+        ["get", "http://rebind.test/"],  # 8: ... and by a name that resolves to it
+        ["get", "http://host.test/"],  # 9: a name resolving to the host's own address
+        ["get", "http://localhost/"],  # 10: loopback (NO_PROXY: the container's own)
+        ["connect", "localhost", 80],  # 11: loopback, through the proxy: the host's
+        ["direct", web_server.ip, 80],  # 12: bypassing the proxy
+        ["direct", other_server.ip, 80],  # 13
+        ["direct", METADATA_IP, 80],  # 14
+        ["direct", gateway, listening],  # 15: the host itself, another port
+        ["direct", gateway, PROXY_PORT],  # 16: the control: the proxy's port answers
+        ["resolve", "example.com"],  # 17: no DNS inside
+        ["dns", "example.com"],  # 18: Docker's embedded DNS forwards nothing out
+    ]
+    with structlog.testing.capture_logs() as logs:
+        results = parse((await ors.bash(sid, probe_command(steps), timeout=60)).text)
+    assert results[0:3] == [200, 200, 200]
+    assert results[3].startswith("200 HTTP/1.0 200"), results[3]
+    assert results[4] == 403
+    assert results[5].startswith("403 orsbox egress proxy:") and "not in this session's allowlist" in results[5]
+    assert results[6].startswith("403")
+    assert results[7] == 403 and results[8] == 403 and results[9] == 403
+    assert str(results[10]).startswith("URLError")  # its own loopback, where nothing listens
+    assert results[11].startswith("403") and "loopback" in results[11]
+    assert results[12:16] == ["timed out"] * 4
+    assert results[16] == "connected"
+    assert "Temporary failure in name resolution" in results[17] or "Name or service not known" in results[17]
+    assert results[18] in ("no answer", 2, 5)  # never NOERROR (0) nor NXDOMAIN (3): no server was asked
+    denied = [event for event in logs if event["event"] == "egress_denied"]
+    assert {event["session_id"] for event in denied} == {sid}
+    reasons = {(event["host"], event["reason"].split(" refused: ")[-1].split(" is ")[-1]) for event in denied}
+    assert (other_server.ip, "not in this session's allowlist") in reasons
+    assert ("rebind.test", "link-local (169.254.0.0/16 holds the cloud metadata address)") in reasons
+    assert ("host.test", "an address of this host") in reasons
+    assert ("localhost", "a loopback address") in reasons
+    allowed = [event for event in logs if event["event"] == "egress"]
+    assert {event["host"] for event in allowed} == {web_server.ip, "allowed.test", "a.wild.test"}
+    await ors.delete(sid)
+
+
+async def test_the_proxy_refuses_what_is_not_a_proxy_request(
+    network_app: Callable[[str], Awaitable[Ors]], engine: docker.DockerClient, web_server: NetServer,
+) -> None:
+    ors = await network_app(f'network = "allowlist"\nallow = ["{web_server.ip}:80"]')
+    sid = await ors.new_session()
+    requests = {
+        "origin": "GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",  # not absolute: the proxy is no web server
+        "https": f"GET https://{web_server.ip}/ HTTP/1.1\\r\\n\\r\\n",
+        "garbage": "\\x16\\x03\\x01 hello\\r\\n\\r\\n",
+        "huge": "GET http://x/ HTTP/1.1\\r\\nX: " + "a" * 70000 + "\\r\\n\\r\\n",
+        "smuggle": f"GET http://{web_server.ip}@{web_server.gateway}:{PROXY_PORT}/ HTTP/1.1\\r\\n\\r\\n",
+    }
+    script = "\n".join([
+        "import os, socket, urllib.parse",
+        "proxy = urllib.parse.urlsplit(os.environ['HTTP_PROXY'])",
+        *[f"s = socket.create_connection((proxy.hostname, proxy.port), timeout=10); s.sendall(b'{raw}'); "
+          f"print('{name}', s.recv(100).split(b'\\r\\n')[0].decode())" for name, raw in requests.items()],
+    ])
+    out = await ors.bash(sid, f"python3 - <<'PY'\n{script}\nPY", timeout=60)
+    statuses = dict(line.split(" ", 1) for line in out.text.splitlines())
+    assert statuses == {"origin": "HTTP/1.1 400 Bad Request", "https": "HTTP/1.1 400 Bad Request",
+                        "garbage": "HTTP/1.1 400 Bad Request", "huge": "HTTP/1.1 431 Request Header Fields Too Large",
+                        "smuggle": "HTTP/1.1 403 Forbidden"}
+    await ors.delete(sid)
