@@ -16,9 +16,9 @@ from typing import Any
 
 import structlog
 
+from .backends.backend import Backend, EnvironmentImage
 from .errors import BadRequest, EnvNotFound, InvalidIndex, InvalidSplit, SandboxError
 from .policy import PolicySet, SandboxPolicy
-from .sandbox.backend import Backend, EnvironmentImage
 
 log = structlog.get_logger()
 

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from .server import create_app
+    from .api import create_app
 
     config = Config.from_env(
         host=args.host, port=args.port, policies_dir=args.policies_dir, state_dir=args.state_dir,
@@ -92,9 +92,9 @@ def serve_command(args: argparse.Namespace) -> int:
 
 async def envs_command(args: argparse.Namespace) -> int:
     """One line per environment: name, image, tasks per split, tools, policy."""
+    from .backends.docker.engine import DockerBackend
     from .catalog import Catalog
     from .policy import PolicySet
-    from .sandbox.docker import DockerBackend
 
     config = Config.from_env(policies_dir=args.policies_dir, state_dir=args.state_dir)
     backend = await DockerBackend.connect(state_dir=config.state_dir, node_id=config.node_id,
@@ -126,9 +126,9 @@ def build_command(args: argparse.Namespace) -> int:
 
 def policy_command(args: argparse.Namespace) -> int:
     """`orsbox policy explain ENV` and `orsbox policy check`: the files first, then what the engine says."""
+    from .backends.docker.engine import EngineFacts, engine_facts
+    from .backends.network.networks import Firewall
     from .policy import PolicySet, explanation, runtime_problem
-    from .sandbox.docker import EngineFacts, engine_facts
-    from .sandbox.network import Firewall
 
     folder = Config.from_env(policies_dir=args.policies_dir).policies_dir
     policies, problems = PolicySet.read(folder)

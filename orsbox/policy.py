@@ -10,15 +10,15 @@ refused at start-up with its name, the field and what is allowed.
 `explain()` says where each value came from, and `PolicySet.problems()` checks
 a whole folder (both behind `orsbox policy explain|check`).
 
-Every container gets orsbox's seccomp profile, `sandbox/seccomp.json`: Docker
+Every container gets orsbox's seccomp profile, `backends/docker/seccomp.json`: Docker
 20.10's default profile (as this engine enforces it, checked syscall by syscall)
 minus `io_uring_setup`, `io_uring_enter` and `io_uring_register`.
 
 Network modes: `none` (loopback only), `allowlist` (a per-session internal Docker
 network whose only way out is orsbox's egress proxy, which lets through the
 `allow` entries alone) and `full` (a per-session bridge network, the host, other
-sessions and link-local addresses blocked). `sandbox/network.py` makes the
-networks and firewall rules, `sandbox/egress.py` is the proxy.
+sessions and link-local addresses blocked). `backends/network/networks.py` makes the
+networks and firewall rules, `backends/network/egress.py` is the proxy.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class SandboxPolicy(BaseModel):
 MEMORY_HEADROOM = 64 * 1024**2
 
 COMMAND_HOME = "/home/user"
-SECCOMP_PROFILE = Path(__file__).parent / "sandbox" / "seccomp.json"
+SECCOMP_PROFILE = Path(__file__).parent / "backends" / "docker" / "seccomp.json"
 
 #: Docker runtime name for `runtime = "runsc"`, per network mode, and the runtime arguments it must be
 #: registered with: the agent's socket needs `--host-uds`; network "none" needs runsc's `--network=none`,

@@ -30,6 +30,17 @@ from typing import Any
 import structlog
 
 from .agent.wire import PROTOCOL_VERSION, Method
+from .backends.backend import (
+    LABEL_CREATED,
+    LABEL_ENVIRONMENT,
+    LABEL_ROLE,
+    LABEL_SESSION,
+    Backend,
+    ManagedContainer,
+    Sandbox,
+    SandboxSpec,
+)
+from .backends.channel import AgentChannel
 from .catalog import Catalog, EnvironmentInfo
 from .config import Config
 from .errors import (
@@ -45,17 +56,6 @@ from .errors import (
     TooManySessions,
 )
 from .protocol import CreateBody, JSONObject
-from .sandbox.backend import (
-    LABEL_CREATED,
-    LABEL_ENVIRONMENT,
-    LABEL_ROLE,
-    LABEL_SESSION,
-    Backend,
-    ManagedContainer,
-    Sandbox,
-    SandboxSpec,
-)
-from .sandbox.channel import AgentChannel
 
 log = structlog.get_logger()
 

@@ -23,8 +23,8 @@ import docker
 import pytest
 from aiohttp.test_utils import TestClient
 
+from orsbox.api import create_app
 from orsbox.config import Config
-from orsbox.server import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = uuid.uuid4().hex[:8]

@@ -12,9 +12,9 @@ import docker
 import pytest
 import structlog
 
+from orsbox.api import create_app
 from orsbox.config import Config
 from orsbox.images import build_images
-from orsbox.server import create_app
 
 from .conftest import ROOT, Ors
 

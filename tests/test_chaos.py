@@ -16,8 +16,8 @@ import aiohttp
 import docker
 import pytest
 
+from orsbox.api import create_app
 from orsbox.config import Config
-from orsbox.server import create_app
 
 from .conftest import NODE_ID, Ors, managed_containers, parse_sse, session_containers
 from .support.engine import stop_engine, why_not_restartable

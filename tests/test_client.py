@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from orsbox.api import create_app
 from orsbox.config import Config
-from orsbox.server import create_app
 
 from .conftest import ROOT, Ors
 
@@ -179,7 +179,7 @@ async def test_a_session_unknown_to_the_server_is_404_for_the_client(ors: Ors) -
 async def test_a_missing_image_is_a_clear_setup_error(aiohttp_client: Any, config: Config) -> None:
     import dataclasses
 
-    from orsbox.server.keys import CATALOG
+    from orsbox.api.keys import CATALOG
 
     client = await aiohttp_client(create_app(config))
     catalog = client.app[CATALOG]

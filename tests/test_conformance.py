@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from orsbox.api import create_app
 from orsbox.config import Config
-from orsbox.server import create_app
 from tests.support.reference_bash import reference_server_process
 from tests.support.server import free_port
 

@@ -13,8 +13,8 @@ import aiohttp
 import docker
 import pytest
 
+from orsbox.api import create_app
 from orsbox.config import Config
-from orsbox.server import create_app
 
 from .conftest import NODE_ID, Ors, managed_containers, session_containers
 from .support.server import OrsboxProcess

@@ -17,7 +17,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
-from orsbox.server.routes import api
+from orsbox.api.routes import api
 
 from .conftest import NODE_ID
 from .support.server import OrsboxProcess

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import structlog
 
+from orsbox.api import create_app
 from orsbox.config import Config
-from orsbox.server import create_app
 
 from .conftest import Ors, parse_sse
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from orsbox.agent.authoring import AuthoringError, Environment, ToolOutput, derive_input_schema, tool, validate_input
 from orsbox.agent.commands import OutputCapture
+from orsbox.api.sse import split_for_sse
 from orsbox.errors import ConfigError
 from orsbox.policy import (
     PolicySet,
@@ -24,7 +25,6 @@ from orsbox.policy import (
     runtime_problem,
     seccomp_profile,
 )
-from orsbox.server.sse import split_for_sse
 
 
 @pytest.mark.parametrize("text", [

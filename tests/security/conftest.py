@@ -17,10 +17,10 @@ from typing import Any
 import docker
 import pytest
 
+from orsbox.api import create_app
+from orsbox.backends.network.networks import Firewall
 from orsbox.config import Config
 from orsbox.policy import RUNSC_RUNTIMES
-from orsbox.sandbox.network import Firewall
-from orsbox.server import create_app
 
 from ..conftest import ROOT, Ors, session_containers
 

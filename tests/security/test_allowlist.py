@@ -15,8 +15,8 @@ import docker
 import pytest
 import structlog
 
+from orsbox.backends.network import egress
 from orsbox.policy import PROXY_PORT
-from orsbox.sandbox import egress
 
 from ..conftest import Ors
 from .conftest import METADATA_IP, NetServer, gateway_of, reaches_from_the_host

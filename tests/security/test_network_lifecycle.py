@@ -15,10 +15,10 @@ import aiohttp
 import docker
 import pytest
 
+from orsbox.api import create_app
+from orsbox.api.keys import SESSIONS
 from orsbox.config import Config
 from orsbox.policy import PROXY_PORT
-from orsbox.server import create_app
-from orsbox.server.keys import SESSIONS
 
 from ..conftest import (
     NODE_ID,

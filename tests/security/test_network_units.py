@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from orsbox.backends.network.egress import Allowlist, Refused, parse_request, refusal
+from orsbox.backends.network.networks import SessionNetwork, bridge_name, firewall_rules
 from orsbox.errors import ConfigError
 from orsbox.policy import (
     PROXY_PORT,
@@ -19,8 +21,6 @@ from orsbox.policy import (
     explanation,
     runtime_problem,
 )
-from orsbox.sandbox.egress import Allowlist, Refused, parse_request, refusal
-from orsbox.sandbox.network import SessionNetwork, bridge_name, firewall_rules
 
 POOL = ipaddress.IPv4Network(SESSION_SUBNET_POOL)
 

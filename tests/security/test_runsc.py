@@ -12,8 +12,8 @@ from typing import Any
 import docker
 import pytest
 
+from orsbox.api import create_app
 from orsbox.config import Config
-from orsbox.server import create_app
 
 from ..conftest import Ors, session_containers
 

@@ -34,7 +34,7 @@ from urllib.parse import SplitResult, urlsplit
 
 import structlog
 
-from ..policy import parse_allow_entry
+from ...policy import parse_allow_entry
 
 log = structlog.get_logger()
 

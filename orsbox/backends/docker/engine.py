@@ -27,11 +27,11 @@ import docker.errors
 import requests
 import structlog
 
-from .. import agent as agent_package
-from ..agent import wire
-from ..errors import SandboxError
-from ..policy import SandboxPolicy, container_settings, runtime_problem
-from .backend import (
+from ... import agent as agent_package
+from ...agent import wire
+from ...errors import SandboxError
+from ...policy import SandboxPolicy, container_settings, runtime_problem
+from ..backend import (
     LABEL_AGENT,
     LABEL_CREATED,
     LABEL_ENTRYPOINT,
@@ -46,7 +46,7 @@ from .backend import (
     Sandbox,
     SandboxSpec,
 )
-from .network import Firewall, SessionNetwork, SessionNetworks
+from ..network.networks import Firewall, SessionNetwork, SessionNetworks
 
 log = structlog.get_logger()
 T = TypeVar("T")

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
+from ..backends.backend import Backend
+from ..backends.docker.engine import DockerBackend
 from ..catalog import Catalog
 from ..config import Config
 from ..policy import PolicySet
-from ..sandbox.backend import Backend
-from ..sandbox.docker import DockerBackend
 from ..sessions import SessionManager
 from .keys import BACKEND, CATALOG, CONFIG, SESSIONS
 from .middleware import errors_to_http, redirect_bare_paths, request_context

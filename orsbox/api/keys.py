@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..backends.backend import Backend
 from ..catalog import Catalog
 from ..config import Config
-from ..sandbox.backend import Backend
 from ..sessions import SessionManager
 
 CONFIG = web.AppKey("config", Config)

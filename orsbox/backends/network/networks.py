@@ -38,10 +38,10 @@ import docker.errors
 import docker.types
 import structlog
 
-from ..errors import SandboxError
-from ..policy import PROXY_PORT, SESSION_SUBNET_POOL, SESSION_SUBNET_PREFIX, SandboxPolicy, proxy_environment
+from ...errors import SandboxError
+from ...policy import PROXY_PORT, SESSION_SUBNET_POOL, SESSION_SUBNET_PREFIX, SandboxPolicy, proxy_environment
+from ..backend import LABEL_MANAGED, LABEL_NETWORK_MODE, LABEL_NODE, LABEL_SESSION
 from . import egress
-from .backend import LABEL_MANAGED, LABEL_NETWORK_MODE, LABEL_NODE, LABEL_SESSION
 
 log = structlog.get_logger()
 

@@ -1,0 +1,1 @@
+"""The Docker backend: hardened containers on the local engine, through docker-py."""

@@ -1,0 +1,1 @@
+"""Session networks: per-session Docker networks, their firewall rules and the egress proxy."""
