@@ -12,7 +12,7 @@ import random
 import shlex
 from typing import Awaitable, Callable, Dict, List, Optional
 
-from orsbox.agent import Environment, TextBlock, ToolOutput, tool
+from orsbox.agent import TaskTable, TextBlock, ToolOutput, tool
 from orsbox.agent.toolsets import ShellTools
 
 TASKS: Dict[str, List[Dict[str, str]]] = {
@@ -46,21 +46,13 @@ Files = Dict[str, str]
 Grader = Callable[["BashEnvironment"], Awaitable[bool]]
 
 
-class BashEnvironment(ShellTools, Environment):
+class BashEnvironment(ShellTools, TaskTable):
     """Shell tasks in a sandboxed /workspace, worked on with a persistent shell (`bash`, `restart_shell`)."""
 
-    @classmethod
-    def list_splits(cls) -> List[str]:
-        return list(TASKS)
-
-    @classmethod
-    def list_tasks(cls, split: str) -> List[Dict[str, str]]:
-        return TASKS[split]
+    task_table = TASKS
 
     def __init__(self, task: Dict[str, str], secrets: Optional[Dict[str, str]] = None) -> None:
         super().__init__(task, secrets)
-        if task.get("id") not in BUILDERS:
-            raise ValueError("unknown task id %r; expected one of %s" % (task.get("id"), sorted(BUILDERS)))
         self.rng = random.Random(task["id"])
         self.expected: object = None
 

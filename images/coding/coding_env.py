@@ -10,19 +10,19 @@ Each task is a folder of tasks/ (installed root-only, 0700, under /opt/env):
 and runs the hidden tests against them as the separate `grader` user (uid 2000),
 whose files uid 1000 can neither read nor write and whose processes it cannot
 signal; the candidate code itself runs in a worker process apart from the
-verdicts (see orsbox/agent/grading_harness.py). Reward: the fraction of hidden
-tests that pass.
+verdicts (see orsbox/agent/grading/grading_harness.py). Reward: the fraction
+of hidden tests that pass.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
-from typing import Dict, List, Optional
+from typing import Dict, List
 
-from orsbox.agent import Environment, TextBlock, ToolOutput, tool
-from orsbox.agent.commands import LIMITS
+from orsbox.agent import TaskTable, TextBlock, ToolOutput, tool
 from orsbox.agent.grading import collect_files, run_hidden_tests, write_files
+from orsbox.agent.runtime.processes import RUNNER
 from orsbox.agent.toolsets import FileTools, ShellTools
 
 TASKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tasks")
@@ -42,22 +42,21 @@ describes in the code (the tests are not the problem). Work with the bash and fi
 submit: hidden tests check the fix, and your reward is the fraction of them that pass."""
 
 
-class CodingEnvironment(ShellTools, FileTools, Environment):
+def read_text(task_id: str, name: str) -> str:
+    with open(os.path.join(TASKS_DIR, task_id, name), encoding="utf-8") as f:
+        return f.read()
+
+
+TASKS: Dict[str, List[Dict[str, str]]] = {
+    split: [{"id": task_id, "instruction": read_text(task_id, "ISSUE.md").strip()} for task_id in ids]
+    for split, ids in SPLITS.items()
+}
+
+
+class CodingEnvironment(ShellTools, FileTools, TaskTable):
     """Fix the bug an issue describes; `submit` runs hidden tests as a separate grader user."""
 
-    @classmethod
-    def list_splits(cls) -> List[str]:
-        return list(SPLITS)
-
-    @classmethod
-    def list_tasks(cls, split: str) -> List[Dict[str, str]]:
-        return [{"id": task_id, "instruction": read_text(task_id, "ISSUE.md").strip()} for task_id in SPLITS[split]]
-
-    def __init__(self, task: Dict[str, str], secrets: Optional[Dict[str, str]] = None) -> None:
-        super().__init__(task, secrets)
-        known = [task_id for ids in SPLITS.values() for task_id in ids]
-        if task.get("id") not in known:
-            raise ValueError("unknown task id %r; expected one of %s" % (task.get("id"), known))
+    task_table = TASKS
 
     async def setup(self) -> None:
         await write_files(task_files(self.task["id"], "repo"))
@@ -74,7 +73,7 @@ class CodingEnvironment(ShellTools, FileTools, Environment):
             return ToolOutput(blocks=[TextBlock("Not graded: %s" % exc)], metadata={"passed": 0, "total": 0},
                               reward=0.0, finished=True)
         grader = pwd.getpwnam(GRADER_USER)
-        if grader.pw_uid in (0, LIMITS.uid):
+        if grader.pw_uid in (0, RUNNER.limits.uid):
             raise RuntimeError("the grader user must differ from root and the command user")
         report = await run_hidden_tests(task_files(self.task["id"], "hidden"), candidate,
                                         uid=grader.pw_uid, gid=grader.pw_gid)
@@ -82,11 +81,6 @@ class CodingEnvironment(ShellTools, FileTools, Environment):
                     "problem": report.problem}
         return ToolOutput(blocks=[TextBlock("Submitted. " + report.summary())], metadata=metadata,
                           reward=report.score, finished=True)
-
-
-def read_text(task_id: str, name: str) -> str:
-    with open(os.path.join(TASKS_DIR, task_id, name), encoding="utf-8") as f:
-        return f.read()
 
 
 def task_files(task_id: str, part: str) -> Dict[str, str]:

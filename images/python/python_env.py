@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Dict, List, Optional, Tuple
 
-from orsbox.agent import Environment, TextBlock, ToolOutput, tool
+from orsbox.agent import TaskTable, TextBlock, ToolOutput, tool
 from orsbox.agent.grading import write_files
 from orsbox.agent.toolsets import ShellTools
 
@@ -77,21 +77,13 @@ Files = Dict[str, str]
 Builder = Callable[[random.Random], Tuple[Files, Expected]]
 
 
-class PythonEnvironment(ShellTools, Environment):
+class PythonEnvironment(ShellTools, TaskTable):
     """Questions answered by running Python in a persistent shell (`bash`, `restart_shell`), then `submit`."""
 
-    @classmethod
-    def list_splits(cls) -> List[str]:
-        return list(TASKS)
-
-    @classmethod
-    def list_tasks(cls, split: str) -> List[Dict[str, str]]:
-        return TASKS[split]
+    task_table = TASKS
 
     def __init__(self, task: Dict[str, str], secrets: Optional[Dict[str, str]] = None) -> None:
         super().__init__(task, secrets)
-        if task.get("id") not in BUILDERS:
-            raise ValueError("unknown task id %r; expected one of %s" % (task.get("id"), sorted(BUILDERS)))
         self.expected: Optional[Expected] = None
 
     async def setup(self) -> None:

@@ -20,10 +20,6 @@ from typing import Any, Dict
 
 PROTOCOL_VERSION = 1
 
-#: Where the agent listens, inside the container and relative to the session folder.
-SOCKET_DIR_IN_CONTAINER = "/run/orsbox"
-SOCKET_NAME = "agent.sock"
-
 #: Largest frame either side accepts (bytes). Tool output is capped far below this.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 
@@ -34,7 +30,6 @@ class Method:
     HELLO = "hello"  # -> {"protocol", "python", "pid", "environment", "state"}
     SETUP = "setup"  # {"task", "secrets"} -> {}
     PROMPT = "prompt"  # -> [block, ...]
-    MESSAGES = "messages"  # -> [{"role", "blocks", "detail"}, ...]
     TASK_TOOLS = "task_tools"  # -> {"tools": [...]}
     CALL_TOOL = "call_tool"  # {"name", "input"} -> {"ok": true, "output"} | {"ok": false, ...}
     TEARDOWN = "teardown"  # -> {}

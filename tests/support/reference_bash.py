@@ -43,7 +43,7 @@ os.environ.setdefault("OPENREWARD_DISABLE_UPDATE_CHECK", "1")  # before openrewa
 from openreward.environments import Environment, Server, TextBlock, ToolOutput, tool
 from pydantic import BaseModel, ConfigDict
 
-from orsbox.agent.commands import OutputCapture  # the same truncation as orsbox's agent
+from orsbox.agent.runtime.processes import OutputCapture  # the same truncation as orsbox's agent
 from orsbox.agent.toolsets import ShellTools
 
 ROOT = Path(__file__).resolve().parents[2]

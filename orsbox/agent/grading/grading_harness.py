@@ -41,6 +41,7 @@ import builtins
 import datetime
 import decimal
 import importlib
+import importlib.util
 import json
 import os
 import select
@@ -63,7 +64,20 @@ MAX_DEPTH = 64
 #: Address space (bytes) and largest file a worker may have or write.
 WORKER_MEMORY = 512 * 1024 * 1024
 WORKER_FILE_SIZE = 64 * 1024 * 1024
-PR_SET_DUMPABLE = 4
+
+
+def _load_procfs() -> types.ModuleType:
+    """The agent's `runtime/procfs.py`, loaded by path: this program runs with -I, without orsbox on sys.path."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runtime", "procfs.py")
+    spec = importlib.util.spec_from_file_location("orsbox_procfs", path)
+    if spec is None or spec.loader is None:
+        raise ImportError("cannot load %s" % path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+procfs = _load_procfs()
 
 
 class CandidateFailure(BaseException):
@@ -350,33 +364,7 @@ def _exception(response: Dict[str, Any]) -> BaseException:
 
 def kill_my_other_processes(rounds: int = 50) -> None:
     """SIGKILL every process of this uid except this one, until none is left."""
-    me, uid = os.getpid(), os.getuid()
-    for _ in range(rounds):
-        others = [pid for pid in _pids_of(uid) if pid != me]
-        if not others:
-            return
-        for pid in others:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        time.sleep(0.002)
-
-
-def _pids_of(uid: int) -> List[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/status" % entry) as f:
-                status = f.read()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if not fields.get("State", "").strip().startswith("Z") and str(uid) in fields.get("Uid", "").split():
-            pids.append(int(entry))
-    return pids
+    procfs.kill_processes(os.getuid(), rounds=rounds, spare_pids=(os.getpid(),))
 
 
 class CandidateTestCase(unittest.TestCase):
@@ -420,7 +408,7 @@ def _flatten(suite: Any) -> List[unittest.TestCase]:
 
 
 def run_test(test: unittest.TestCase, config: Config) -> str:
-    """Run one test; its outcome (see grading.OUTCOMES)."""
+    """Run one test; its outcome (see hidden_tests.OUTCOMES)."""
     if config.exhausted:
         return "not_run"
     timeouts = config.timeouts
@@ -435,15 +423,6 @@ def run_test(test: unittest.TestCase, config: Config) -> str:
     if result.failures or result.expectedFailures or result.unexpectedSuccesses or result.testsRun != 1:
         return "failed"
     return "passed"
-
-
-def make_undumpable() -> None:
-    """No ptrace, and no /proc/<pid>/mem, fd/ or environ, for other processes of this uid (the workers)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
 
 
 def write_candidate(repo: str, files: Dict[str, str]) -> None:
@@ -463,7 +442,7 @@ def harness_main() -> int:
     global CONFIG
     if os.getuid() == 0:  # it kills every other process of its uid
         sys.exit("the harness must run as its own unprivileged uid")
-    make_undumpable()  # before anything secret arrives
+    procfs.make_non_dumpable()  # before anything secret arrives: the workers (this uid) cannot reach into it
     try:
         with open("/proc/self/oom_score_adj", "w") as f:  # the memory killer takes graders before the agent
             f.write("1000")

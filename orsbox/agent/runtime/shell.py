@@ -14,28 +14,28 @@ Stdlib only, Python 3.8+.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import signal
 import time
 from typing import Optional
 
-from . import commands
-from .commands import LIVE_SHELL_GROUPS, CommandResult, OutputCapture, kill_user_processes, oom_kills
+from ..layout import WORKSPACE
+from .processes import CommandResult, OutputCapture, Runner, oom_killed_since, oom_kills
 
 
 class Shell:
-    """One persistent bash; calls run one at a time."""
+    """One persistent bash of `runner`'s command user; calls run one at a time."""
 
-    def __init__(self, cwd: str = "/workspace") -> None:
+    def __init__(self, runner: Runner, cwd: str = WORKSPACE) -> None:
+        self.runner = runner
         self.cwd = cwd
         self._proc: Optional[asyncio.subprocess.Process] = None
         self._lock = asyncio.Lock()
         self._capture: Optional[OutputCapture] = None
         self._marker = b""
-        self._done: Optional[asyncio.Future] = None
+        self._done: Optional[asyncio.Future[Optional[int]]] = None
         self._pending = b""
-        self._reader: Optional[asyncio.Task] = None
+        self._reader: Optional[asyncio.Task[None]] = None
         self._restarted = False
 
     @property
@@ -44,8 +44,7 @@ class Shell:
 
     async def run(self, command: str, *, timeout: Optional[float] = None) -> CommandResult:
         """Run `command` in the shell; never raises for what the command does."""
-        limits = commands.LIMITS
-        limit = limits.default_timeout if timeout is None else max(0.0, min(float(timeout), limits.max_timeout))
+        limit = self.runner.time_limit(timeout)
         async with self._lock:
             restarted = not self.alive and self._restarted
             if not self.alive:
@@ -65,29 +64,13 @@ class Shell:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        LIVE_SHELL_GROUPS.discard(proc.pid)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        kill_user_processes(commands.LIMITS.uid, spare_groups=LIVE_SHELL_GROUPS)
-        await proc.wait()
+        await self.runner.stop_shell(proc)
         if self._reader is not None:
             self._reader.cancel()
             self._reader = None
 
     async def _start(self) -> None:
-        self._proc = await asyncio.create_subprocess_exec(
-            "/bin/bash", "--noprofile", "--norc",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=self.cwd,
-            env=commands.command_env(self.cwd),
-            start_new_session=True,
-            **commands.drop_privileges(),
-        )
-        LIVE_SHELL_GROUPS.add(self._proc.pid)
+        self._proc = await self.runner.start_shell(self.cwd)
         self._restarted = True
         self._reader = asyncio.ensure_future(self._read(self._proc))
 
@@ -98,7 +81,7 @@ class Shell:
         self._pending = b""
         nonce = secrets.token_hex(16)
         self._marker = ("\n__orsbox_done_%s__ " % nonce).encode()
-        self._capture = OutputCapture(commands.LIMITS.output_cap)
+        self._capture = OutputCapture(self.runner.limits.output_cap)
         self._done = asyncio.get_running_loop().create_future()
         delimiter = "__orsbox_eof_%s__" % nonce
         # Read the command from a quoted here-document (no expansion; no fork, unlike $(cat <<…)), eval it
@@ -120,10 +103,8 @@ class Shell:
         capture.feed(self._pending)  # what was held back while looking for an end marker that never came
         self._pending = b""
         self._capture, self._done = None, None
-        kills_after = oom_kills()
-        oom_killed = None if kills_before is None or kills_after is None else kills_after > kills_before
         return CommandResult(capture.text(), exit_code, timed_out, capture.truncated, time.monotonic() - started,
-                             oom_killed)
+                             oom_killed_since(kills_before))
 
     async def _exit_after_death(self) -> Optional[int]:
         """The shell ended during the call (`exit`, a kill): its status, and a fresh shell next time."""

@@ -14,7 +14,6 @@ How each piece maps (left: what the agent calls; right: what openreward's own Se
     tool_specs()             cls.list_tools().tools (name, description, input_schema as openreward made them)
     __init__ + setup()       cls(task_spec=..., secrets=...) in a thread, then its setup() (sync or async)
     get_prompt()             its get_prompt() (or the flattened get_messages()), pydantic blocks -> blocks
-    get_messages()           its get_messages(), as JSON messages
     list_task_tools()        its list_task_tools().tools, without the @terminal tool (as openreward hides it)
     call_tool(name, input)   its _call_tool(name, input) -> RunToolOutput.model_dump(mode="json")
     teardown()               its teardown() (sync or async)
@@ -32,17 +31,9 @@ import sys
 import threading
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Type, Union
 
-from .authoring import (
-    AuthoringError,
-    Block,
-    Environment,
-    ImageBlock,
-    JSONObject,
-    Split,
-    TextBlock,
-    ToolSpec,
-    call_maybe_async,
-)
+from .blocks import Block, ImageBlock, JSONObject, Split, TextBlock
+from .environment import Environment, ToolSpec, call_maybe_async
+from .tools import AuthoringError
 
 OPENREWARD_MODULE = "openreward.environments"
 
@@ -112,7 +103,8 @@ class OpenRewardEnvironment(Environment):
 
     @classmethod
     def get_task(cls, split: str, index: int) -> JSONObject:
-        return _plain(run_to_completion(cls.wrapped.get_task, split, index))
+        task: JSONObject = _plain(run_to_completion(cls.wrapped.get_task, split, index))
+        return task
 
     @classmethod
     def tool_specs(cls, shared: Optional[bool] = True) -> List[ToolSpec]:
@@ -134,9 +126,6 @@ class OpenRewardEnvironment(Environment):
 
     async def get_prompt(self) -> List[Block]:
         return [_block(block) for block in await call_maybe_async(self._session().get_prompt)]
-
-    async def get_messages(self) -> List[JSONObject]:
-        return [_plain(message) for message in await call_maybe_async(self._session().get_messages)]
 
     async def list_task_tools(self) -> List[ToolSpec]:
         listed = await call_maybe_async(self._session().list_task_tools)

@@ -10,14 +10,18 @@ import asyncio
 import importlib
 import json
 import os
+import signal
 import sys
 import traceback
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Type
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Type
 
-from . import openreward_adapter, wire
-from .authoring import Environment, blocks_to_json, call_maybe_async, split_to_json
-from .commands import LIMITS, kill_user_processes
-from .wire import ErrorType, Method, WireError
+from .. import wire
+from ..authoring import openreward_adapter
+from ..authoring.blocks import blocks_to_json, split_to_json
+from ..authoring.environment import Environment, call_maybe_async
+from ..wire import ErrorType, Method, WireError
+from .processes import RUNNER
+from .procfs import kill_processes
 
 
 def load_environment_class(entrypoint: str) -> Type[Environment]:
@@ -70,6 +74,29 @@ def _tasks_by_index(cls: Type[Environment], split: str) -> List[Dict[str, Any]]:
 Handler = Callable[[Dict[str, Any]], Awaitable[Any]]
 
 
+async def serve(agent: Agent, path: str) -> None:
+    """Serve `agent` on the Unix socket `path` (only root may connect) until SIGTERM or SIGINT, then tear down."""
+    if os.path.exists(path):
+        os.unlink(path)
+    old_umask = os.umask(0o177)
+    try:
+        server = await asyncio.start_unix_server(agent.serve_connection, path=path, limit=wire.MAX_FRAME_BYTES)
+    finally:
+        os.umask(old_umask)
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def request_stop() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, request_stop)
+    log("listening", socket=path, pid=os.getpid())
+    await stop
+    server.close()
+    await agent.teardown({})
+
+
 class Agent:
     """Serves one session's environment over the wire methods."""
 
@@ -83,7 +110,6 @@ class Agent:
             Method.HELLO: self.hello,
             Method.SETUP: self.setup,
             Method.PROMPT: self.prompt,
-            Method.MESSAGES: self.messages,
             Method.TASK_TOOLS: self.task_tools,
             Method.CALL_TOOL: self.call_tool,
             Method.TEARDOWN: self.teardown,
@@ -138,16 +164,6 @@ class Agent:
         except Exception as exc:
             raise WireError(ErrorType.ENVIRONMENT_ERROR, "%s: %s" % (type(exc).__name__, exc)) from None
 
-    async def messages(self, params: Dict[str, Any]) -> Any:
-        """The prompt as a conversation: an openreward environment's own get_messages, else one user message."""
-        env = self._ready_env()
-        try:
-            if isinstance(env, openreward_adapter.OpenRewardEnvironment):
-                return await env.get_messages()
-            return [{"role": "user", "blocks": blocks_to_json(await call_maybe_async(env.get_prompt)), "detail": None}]
-        except Exception as exc:
-            raise WireError(ErrorType.ENVIRONMENT_ERROR, "%s: %s" % (type(exc).__name__, exc)) from None
-
     async def task_tools(self, params: Dict[str, Any]) -> Any:
         env = self._ready_env()
         try:
@@ -175,14 +191,14 @@ class Agent:
         except Exception as exc:
             raise WireError(ErrorType.ENVIRONMENT_ERROR, "%s: %s" % (type(exc).__name__, exc)) from None
         finally:
-            kill_user_processes(LIMITS.uid)
+            kill_processes(RUNNER.limits.uid)  # the session's command user: its persistent shells too
         return {}
 
     # -- the socket ------------------------------------------------------------
 
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         write_lock = asyncio.Lock()
-        tasks = set()
+        tasks: Set[asyncio.Task[None]] = set()
 
         async def answer(frame: Dict[str, Any]) -> None:
             reply: Dict[str, Any] = {"id": frame.get("id")}
@@ -206,7 +222,6 @@ class Agent:
                 try:
                     frame = wire.decode(line)
                 except WireError as exc:
-                    frame = {"id": None}
                     async with write_lock:
                         writer.write(wire.encode({"id": None, "error": exc.to_json()}))
                     continue

@@ -9,9 +9,15 @@ is opened with O_NOFOLLOW. Answers one JSON object on stdout:
 Stdlib only, Python 3.8+; imports nothing from orsbox (it runs with -I).
 """
 
+from __future__ import annotations
+
 import json
 import os
 import sys
+
+TYPE_CHECKING = False  # typing would cost every file operation a few ms to import: the types are for checkers
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict
 
 MAX_READ = 16 * 1024 * 1024  # bytes read from one file at most
 MAX_ENTRIES = 2000  # entries listed at most
@@ -21,7 +27,7 @@ class Refused(Exception):
     pass
 
 
-def inside(workspace, path):
+def inside(workspace: str, path: str) -> str:
     """The absolute, symlink-free form of `path` (relative to the workspace); refuses anything outside."""
     root = os.path.realpath(workspace)
     full = os.path.realpath(os.path.join(root, path))
@@ -30,7 +36,7 @@ def inside(workspace, path):
     return full
 
 
-def read_text(full):
+def read_text(full: str) -> str:
     fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb") as f:
         if not os.path.isfile(full):
@@ -43,7 +49,7 @@ def read_text(full):
     return data.decode("utf-8", "replace")
 
 
-def write_text(full, content):
+def write_text(full: str, content: str) -> None:
     parent = os.path.dirname(full)
     os.makedirs(parent, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
@@ -52,7 +58,7 @@ def write_text(full, content):
         f.write(content.encode("utf-8"))
 
 
-def op_read(workspace, req):
+def op_read(workspace: str, req: Dict[str, Any]) -> Dict[str, Any]:
     full = inside(workspace, req["path"])
     lines = read_text(full).splitlines(True)
     start = max(1, int(req.get("start_line") or 1))
@@ -61,13 +67,13 @@ def op_read(workspace, req):
     return {"text": numbered, "lines": len(lines), "start_line": start, "end_line": end}
 
 
-def op_write(workspace, req):
+def op_write(workspace: str, req: Dict[str, Any]) -> Dict[str, Any]:
     full = inside(workspace, req["path"])
     write_text(full, req["content"])
     return {"bytes": len(req["content"].encode("utf-8")), "path": full}
 
 
-def op_edit(workspace, req):
+def op_edit(workspace: str, req: Dict[str, Any]) -> Dict[str, Any]:
     full = inside(workspace, req["path"])
     text, old, new = read_text(full), req["old"], req["new"]
     count = text.count(old) if old else 0
@@ -78,7 +84,7 @@ def op_edit(workspace, req):
     return {"path": full, "line": line}
 
 
-def op_list(workspace, req):
+def op_list(workspace: str, req: Dict[str, Any]) -> Dict[str, Any]:
     full = inside(workspace, req.get("path") or ".")
     entries = []
     for name in sorted(os.listdir(full))[:MAX_ENTRIES]:
@@ -89,10 +95,12 @@ def op_list(workspace, req):
     return {"path": full, "entries": entries}
 
 
-OPS = {"read": op_read, "write": op_write, "edit": op_edit, "list": op_list}
+OPS: Dict[str, Callable[[str, Dict[str, Any]], Dict[str, Any]]] = {
+    "read": op_read, "write": op_write, "edit": op_edit, "list": op_list,
+}
 
 
-def main():
+def main() -> None:
     try:
         req = json.load(sys.stdin)
         answer = OPS[req["op"]](req["workspace"], req)
