@@ -1,4 +1,4 @@
-"""Tests for orsbox.images: naming, hashing, packing, and real builds on the engine.
+"""Tests for orsbox.images: naming, hashing, the mirror, packing, and real builds on the engine.
 
 The tests marked ``docker`` need a docker engine; the base image is built once
 (about 40 s with debootstrap) or reused when current, and is never removed.
@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 import zipfile
@@ -23,16 +24,20 @@ import docker
 import docker.errors
 import pytest
 
-from orsbox import images
+from orsbox.agent.layout import LABEL_INPUTS
 from orsbox.images import (
     BASE,
     IMAGE_PREFIX,
-    INPUTS_LABEL,
     BuiltImage,
     ImageBuildError,
     build_images,
+    hashing,
+    host,
     image_names,
+    mirror,
+    vendoring,
 )
+from orsbox.images import base as base_recipe
 
 REPO_IMAGES = Path(__file__).resolve().parents[1] / "images"
 TEST_NAME = "imgtest"
@@ -49,7 +54,7 @@ def _make_images_dir(root: Path) -> Path:
     """An images dir with the repo's base package list and a tiny env image."""
     images_dir = root / "images"
     (images_dir / BASE).mkdir(parents=True)
-    shutil.copy(REPO_IMAGES / BASE / images.PACKAGES_FILE, images_dir / BASE)
+    shutil.copy(REPO_IMAGES / BASE / hashing.PACKAGES_FILE, images_dir / BASE)
     context = images_dir / TEST_NAME
     context.mkdir()
     (context / "Dockerfile").write_text(TEST_DOCKERFILE)
@@ -93,29 +98,29 @@ def test_missing_debootstrap_says_how_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(images, "DEBOOTSTRAP_FALLBACKS", ())
+    monkeypatch.setattr(base_recipe, "DEBOOTSTRAP_FALLBACKS", ())
     with pytest.raises(ImageBuildError, match="apt-get install debootstrap"):
-        images._require_debootstrap()
+        base_recipe._require_debootstrap()
 
 
 def test_read_packages_ignores_comments_and_duplicates(tmp_path: Path) -> None:
     packages = tmp_path / "packages.txt"
     packages.write_text("# comment\npython3\n\n  procps  # ps and friends\npython3\n")
-    assert images.read_packages(packages) == ["python3", "procps"]
+    assert hashing.read_packages(packages) == ["python3", "procps"]
 
 
 def test_base_hash_ignores_mirror_and_comments(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     images_dir = _make_images_dir(tmp_path)
-    packages = images_dir / BASE / images.PACKAGES_FILE
-    first = images.base_inputs_hash(images_dir)
-    monkeypatch.setenv(images.MIRROR_ENV, "http://mirror.invalid/debian")
+    packages = images_dir / BASE / hashing.PACKAGES_FILE
+    first = hashing.base_inputs_hash(images_dir)
+    monkeypatch.setenv(mirror.MIRROR_ENV, "http://deb.example.com/debian")
     packages.write_text(packages.read_text() + "\n# just a comment\n")
-    assert images.base_inputs_hash(images_dir) == first
+    assert hashing.base_inputs_hash(images_dir) == first
     packages.write_text(packages.read_text() + "less\n")
-    assert images.base_inputs_hash(images_dir) != first
-    assert images.base_inputs_hash(images_dir, "python:3.12-slim") != first
+    assert hashing.base_inputs_hash(images_dir) != first
+    assert hashing.base_inputs_hash(images_dir, "python:3.12-slim") != first
 
 
 def test_context_hash_covers_paths_contents_modes_and_base(tmp_path: Path) -> None:
@@ -123,16 +128,16 @@ def test_context_hash_covers_paths_contents_modes_and_base(tmp_path: Path) -> No
     (context / "sub").mkdir(parents=True)
     (context / "Dockerfile").write_text("FROM x\n")
     (context / "sub" / "a.txt").write_text("a")
-    first = images.context_inputs_hash(context, "sha256:1")
-    assert images.context_inputs_hash(context, "sha256:1") == first
-    assert images.context_inputs_hash(context, "sha256:2") != first
+    first = hashing.context_inputs_hash(context, "sha256:1")
+    assert hashing.context_inputs_hash(context, "sha256:1") == first
+    assert hashing.context_inputs_hash(context, "sha256:2") != first
     (context / "sub" / "a.txt").write_text("b")
-    changed = images.context_inputs_hash(context, "sha256:1")
+    changed = hashing.context_inputs_hash(context, "sha256:1")
     assert changed != first
     (context / "sub" / "a.txt").chmod(0o755)
-    assert images.context_inputs_hash(context, "sha256:1") != changed
+    assert hashing.context_inputs_hash(context, "sha256:1") != changed
     (context / "sub" / "a.txt").rename(context / "sub" / "b.txt")
-    assert images.context_inputs_hash(context, "sha256:1") != changed
+    assert hashing.context_inputs_hash(context, "sha256:1") != changed
 
 
 def test_pack_is_deterministic(tmp_path: Path) -> None:
@@ -147,7 +152,7 @@ def test_pack_is_deterministic(tmp_path: Path) -> None:
     for attempt in range(2):
         os.utime(rootfs / "etc" / "a", (1_000_000 + attempt, 1_000_000 + attempt))
         tarball = tmp_path / f"rootfs{attempt}.tar"
-        images._pack_rootfs(rootfs, tarball, 1_700_000_000)
+        base_recipe._pack_rootfs(rootfs, tarball, 1_700_000_000)
         digests.append(hashlib.sha256(tarball.read_bytes()).hexdigest())
     assert digests[0] == digests[1]
     with tarfile.open(tmp_path / "rootfs0.tar") as archive:
@@ -159,13 +164,90 @@ def test_pack_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_base_from_dockerfile_adds_user_and_mount_points() -> None:
-    dockerfile = images._base_dockerfile("python:3.12-slim")
+    dockerfile = base_recipe._base_dockerfile("python:3.12-slim")
     assert dockerfile.startswith("FROM python:3.12-slim\n")
     assert "useradd -m -u 1000 -g 1000 -d /home/user -s /bin/bash user" in dockerfile
     assert "install -d -m 0755 -o 1000 -g 1000 /workspace" in dockerfile
     assert "install -d -m 0700 /run/orsbox" in dockerfile
     assert "install -d -m 0755 /opt/orsbox" in dockerfile
     assert "WORKDIR /workspace" in dockerfile
+
+
+# ---------------------------------------------------------------- the mirror
+
+DEBIAN_SOURCES = """\
+Types: deb-src
+URIs: http://src.example.com/debian
+Suites: bookworm
+Components: main
+
+# Enabled: no below: apt skips it, and so do we.
+Types: deb
+URIs: http://disabled.example.com/debian
+Suites: bookworm
+Components: main
+Enabled: no
+
+Types: deb
+URIs: http://security.example.com/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By:
+ -----BEGIN PGP PUBLIC KEY BLOCK-----
+ .
+ mQINBGPL0BUBEADmW5NdOOHwPIJlgPu6JDcKw/NZJPR8lsD3K87ZM18gzyQZJD+w
+ -----END PGP PUBLIC KEY BLOCK-----
+
+Types: deb
+URIs: http://deb.example.com/debian/ http://other.example.com/debian
+Suites: bookworm bookworm-updates
+Components: main contrib
+"""
+
+
+@pytest.fixture
+def apt_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty /etc/apt, and no ORSBOX_DEBIAN_MIRROR."""
+    monkeypatch.delenv(mirror.MIRROR_ENV, raising=False)
+    (tmp_path / "apt" / "sources.list.d").mkdir(parents=True)
+    return tmp_path / "apt"
+
+
+def test_mirror_from_deb822_skips_source_disabled_and_security_entries(apt_dir: Path) -> None:
+    (apt_dir / "sources.list.d" / "debian.sources").write_text(DEBIAN_SOURCES)
+    found = mirror.debian_mirror(apt_dir)
+    assert found == mirror.Mirror("http://deb.example.com/debian", str(apt_dir / "sources.list.d/debian.sources"))
+
+
+def test_mirror_from_sources_list_comes_first_and_options_are_skipped(apt_dir: Path) -> None:
+    (apt_dir / "sources.list").write_text(
+        "# deb http://commented.example.com/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/usr/share/keyrings/x.gpg] http://list.example.com/debian bookworm main\n"
+    )
+    (apt_dir / "sources.list.d" / "debian.sources").write_text(DEBIAN_SOURCES)
+    (apt_dir / "sources.list.d" / "other.list.disabled").write_text("deb http://off.example.com/debian sid main\n")
+    assert mirror.debian_mirror(apt_dir).url == "http://list.example.com/debian"
+
+
+def test_mirror_env_wins_over_apt_sources(apt_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (apt_dir / "sources.list.d" / "debian.sources").write_text(DEBIAN_SOURCES)
+    monkeypatch.setenv(mirror.MIRROR_ENV, "https://mirror.example.com/debian")
+    assert mirror.debian_mirror(apt_dir) == mirror.Mirror("https://mirror.example.com/debian", mirror.MIRROR_ENV)
+
+
+def test_no_debian_mirror_is_a_clear_error(apt_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (apt_dir / "sources.list").write_text(
+        "deb http://archive.example.com/ubuntu jammy main restricted\n"
+        "deb cdrom:[Debian 12]/ bookworm main\n"
+    )
+    with pytest.raises(ImageBuildError) as caught:
+        mirror.debian_mirror(apt_dir)
+    message = str(caught.value)
+    assert f"read {apt_dir / 'sources.list'}" in message and mirror.MIRROR_ENV in message
+    monkeypatch.setattr(mirror, "APT_DIR", apt_dir)
+    monkeypatch.setattr(base_recipe, "_require_debootstrap", lambda: "/bin/false")
+    with pytest.raises(ImageBuildError, match="ORSBOX_BASE_FROM"):  # before any work is done
+        base_recipe._build_base_debootstrap(None, ["python3"], "0" * 64, lambda _: None)
 
 
 # --------------------------------------------------------------- with docker
@@ -208,7 +290,7 @@ def cleanup(client: docker.DockerClient) -> Iterator[None]:
 def test_base_image_layout(client: docker.DockerClient, base: BuiltImage) -> None:
     image = client.images.get(base.tag)
     assert client.images.get(f"{IMAGE_PREFIX}{BASE}:latest").id == image.id == base.image_id
-    assert image.labels[INPUTS_LABEL].startswith(base.tag.rsplit(":", 1)[1])
+    assert image.labels[LABEL_INPUTS].startswith(base.tag.rsplit(":", 1)[1])
     assert image.attrs["Config"]["WorkingDir"] == "/workspace"
     script = "id; stat -c '%n %u:%g %a' /workspace /run/orsbox /opt/orsbox; python3 -V"
     output = client.containers.run(
@@ -247,7 +329,7 @@ def test_env_image_build_skip_and_rebuild(
     assert first.tag.startswith(f"{repository}:") and len(first.tag.rsplit(":", 1)[1]) == 12
     image = client.images.get(first.tag)
     assert image.id == first.image_id == client.images.get(f"{repository}:latest").id
-    assert image.labels[INPUTS_LABEL].startswith(first.tag.rsplit(":", 1)[1])
+    assert image.labels[LABEL_INPUTS].startswith(first.tag.rsplit(":", 1)[1])
     assert image.labels["orsbox.environment"] == TEST_NAME
     assert any(line.startswith(f"[{TEST_NAME}] ") for line in lines)
 
@@ -299,11 +381,13 @@ def test_debootstrap_failure_cleans_up(
     fake.chmod(0o755)
     workdirs = tmp_path / "work"
     workdirs.mkdir()
-    monkeypatch.setattr(images, "WORK_ROOT", str(workdirs))
-    monkeypatch.setattr(images, "_require_debootstrap", lambda: str(fake))
+    monkeypatch.setattr(host, "WORK_ROOT", str(workdirs))
+    monkeypatch.setattr(base_recipe, "_require_debootstrap", lambda: str(fake))
+    monkeypatch.setenv(mirror.MIRROR_ENV, "http://deb.example.com/debian")
     with pytest.raises(ImageBuildError) as caught:
-        images._build_base_debootstrap(None, ["python3"], "0" * 64, lambda _: None)
+        base_recipe._build_base_debootstrap(None, ["python3"], "0" * 64, lambda _: None)
     assert "debootstrap failed (exit 1)" in str(caught.value)
+    assert "bookworm" in str(caught.value) and "http://deb.example.com/debian" in str(caught.value)
     assert "E: no mirror here" in str(caught.value)
     assert list(workdirs.iterdir()) == []
 
@@ -320,7 +404,7 @@ def test_workdir_removal_unmounts_first(tmp_path: Path) -> None:
     mounted = subprocess.run(["mount", "--bind", str(keep), str(target)], check=False)
     if mounted.returncode != 0:
         pytest.skip("cannot bind mount here")
-    images._remove_workdir(workdir)
+    base_recipe._remove_workdir(workdir)
     assert not workdir.exists()
     assert (keep / "precious").read_text() == "must survive"
 
@@ -337,9 +421,9 @@ def test_base_from_image_builds_same_layout(
     tag = f"{IMAGE_PREFIX}{BASE}:{inputs_hash[:12]}"
     lines: list[str] = []
     try:
-        images._build_base_from(client, base.tag, inputs_hash, lines.append)
+        base_recipe._build_base_from(client, base.tag, inputs_hash, lines.append)
         image = client.images.get(tag)
-        assert image.labels[INPUTS_LABEL] == inputs_hash
+        assert image.labels[LABEL_INPUTS] == inputs_hash
         assert image.attrs["Config"]["WorkingDir"] == "/workspace"
         script = "id; stat -c '%n %u:%g %a' /workspace /run/orsbox /opt/orsbox /home/user"
         output = client.containers.run(tag, ["sh", "-c", script], user="1000",
@@ -358,7 +442,7 @@ def test_base_from_image_builds_same_layout(
 # ------------------------------------------------------------ vendored wheels
 
 VENDORED = "orsbox_vendortest"
-DEBIAN_PYTHON = images.PythonTarget(version="3.11", machine="x86_64", glibc="2.36")
+DEBIAN_PYTHON = vendoring.PythonTarget(version="3.11", machine="x86_64", glibc="2.36")
 VENDOR_DOCKERFILE = f"""\
 ARG BASE_IMAGE=orsbox/base:latest
 FROM ${{BASE_IMAGE}}
@@ -405,13 +489,13 @@ def test_platform_tags_cover_every_manylinux_the_glibc_runs() -> None:
 
 
 def test_python_probe_is_parsed_and_non_glibc_pythons_refused() -> None:
-    assert images.parse_python_probe('[3, 11, "cpython", "x86_64", "glibc", "2.36"]\n', "b") == DEBIAN_PYTHON
+    assert vendoring.parse_python_probe('[3, 11, "cpython", "x86_64", "glibc", "2.36"]\n', "b") == DEBIAN_PYTHON
     with pytest.raises(ImageBuildError, match="need CPython on glibc"):
-        images.parse_python_probe('[3, 12, "cpython", "x86_64", "", ""]', "alpine")
+        vendoring.parse_python_probe('[3, 12, "cpython", "x86_64", "", ""]', "alpine")
     with pytest.raises(ImageBuildError, match="need CPython on glibc"):
-        images.parse_python_probe('[3, 10, "pypy", "x86_64", "glibc", "2.36"]', "pypy")
+        vendoring.parse_python_probe('[3, 10, "pypy", "x86_64", "glibc", "2.36"]', "pypy")
     with pytest.raises(ImageBuildError, match="unexpected answer from python3 in b"):
-        images.parse_python_probe("python3: not found", "b")
+        vendoring.parse_python_probe("python3: not found", "b")
 
 
 def test_vendoring_installs_the_requirements_for_the_image_python(tmp_path: Path) -> None:
@@ -419,12 +503,12 @@ def test_vendoring_installs_the_requirements_for_the_image_python(tmp_path: Path
     _make_wheel(wheels, "1.0")
     context = tmp_path / "ctx"
     context.mkdir()
-    (context / images.REQUIREMENTS_FILE).write_text(_requirements(wheels, f"{VENDORED}==1.0"))
+    (context / hashing.REQUIREMENTS_FILE).write_text(_requirements(wheels, f"{VENDORED}==1.0"))
     lines: list[str] = []
-    images.vendor_requirements(context, DEBIAN_PYTHON, TEST_NAME, lines.append)
-    installed = context / images.VENDOR_DIR / VENDORED / "__init__.py"
+    vendoring.vendor_requirements(context, DEBIAN_PYTHON, TEST_NAME, lines.append)
+    installed = context / vendoring.VENDOR_DIR / VENDORED / "__init__.py"
     assert installed.read_text() == "VERSION = '1.0'\n"
-    assert not list((context / images.VENDOR_DIR).rglob("*.pyc"))  # the image compiles its own byte code
+    assert not list((context / vendoring.VENDOR_DIR).rglob("*.pyc"))  # the image compiles its own byte code
     assert lines[0] == f"vendoring wheels for python 3.11 (x86_64, glibc 2.36): {VENDORED}==1.0"
     assert any(line.startswith(f"[{TEST_NAME}] ") and "Successfully installed" in line for line in lines)
 
@@ -432,9 +516,9 @@ def test_vendoring_installs_the_requirements_for_the_image_python(tmp_path: Path
 def test_a_failing_pip_is_a_clear_build_error(tmp_path: Path) -> None:
     context = tmp_path / "ctx"
     context.mkdir()
-    (context / images.REQUIREMENTS_FILE).write_text(_requirements(tmp_path / "no-wheels", "no-such-package==9"))
+    (context / hashing.REQUIREMENTS_FILE).write_text(_requirements(tmp_path / "no-wheels", "no-such-package==9"))
     with pytest.raises(ImageBuildError) as caught:
-        images.vendor_requirements(context, DEBIAN_PYTHON, TEST_NAME, lambda _: None)
+        vendoring.vendor_requirements(context, DEBIAN_PYTHON, TEST_NAME, lambda _: None)
     message = str(caught.value)
     assert message.startswith(f"vendoring the wheels of {TEST_NAME}'s requirements.txt for python 3.11")
     assert "pip exited 1" in message and "no-such-package" in message
@@ -444,12 +528,12 @@ def test_requirements_are_hashed_with_the_vendoring_recipe(tmp_path: Path) -> No
     context = tmp_path / "ctx"
     context.mkdir()
     (context / "Dockerfile").write_text("FROM x\n")
-    plain = images.context_inputs_hash(context, "sha256:1")
-    (context / images.REQUIREMENTS_FILE).write_text("pkg==1\n")
-    first = images.context_inputs_hash(context, "sha256:1")
+    plain = hashing.context_inputs_hash(context, "sha256:1")
+    (context / hashing.REQUIREMENTS_FILE).write_text("pkg==1\n")
+    first = hashing.context_inputs_hash(context, "sha256:1")
     assert first != plain
-    (context / images.REQUIREMENTS_FILE).write_text("pkg==2\n")
-    assert images.context_inputs_hash(context, "sha256:1") != first
+    (context / hashing.REQUIREMENTS_FILE).write_text("pkg==2\n")
+    assert hashing.context_inputs_hash(context, "sha256:1") != first
 
 
 @pytest.mark.docker
@@ -462,7 +546,7 @@ def test_requirements_are_vendored_and_rebuilt_only_when_they_change(
     wheels = tmp_path / "wheels"
     for version in ("1.0", "2.0"):
         _make_wheel(wheels, version)
-    requirements = context / images.REQUIREMENTS_FILE
+    requirements = context / hashing.REQUIREMENTS_FILE
 
     def build(requirement: str) -> tuple[BuiltImage, list[str]]:
         requirements.write_text(_requirements(wheels, requirement))
@@ -479,7 +563,7 @@ def test_requirements_are_vendored_and_rebuilt_only_when_they_change(
     first, lines = build(f"{VENDORED}==1.0")
     assert first.built and vendored_version(first) == "1.0"
     assert any(line.startswith("vendoring wheels for python 3.") for line in lines)
-    assert not (context / images.VENDOR_DIR).exists()  # vendored into a copy of the context
+    assert not (context / vendoring.VENDOR_DIR).exists()  # vendored into a copy of the context
 
     again, lines = build(f"{VENDORED}==1.0")
     assert again == BuiltImage(TEST_NAME, first.tag, first.image_id, built=False)
@@ -488,6 +572,31 @@ def test_requirements_are_vendored_and_rebuilt_only_when_they_change(
     second, _ = build(f"{VENDORED}==2.0")
     assert second.built and second.tag != first.tag and vendored_version(second) == "2.0"
 
-    (context / images.VENDOR_DIR).mkdir()
+    (context / vendoring.VENDOR_DIR).mkdir()
     with pytest.raises(ImageBuildError, match="site-packages exists"):
         build(f"{VENDORED}==1.0")
+
+
+# ------------------------------------------------------------ the command
+
+
+def orsbox_command(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`orsbox …` as ops run it, with *env* added to the environment."""
+    return subprocess.run([sys.executable, "-m", "orsbox.cli", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env}, check=False)
+
+
+def test_build_command_failure_is_one_message_on_stderr(tmp_path: Path) -> None:
+    done = orsbox_command("build", "--images-dir", str(_make_images_dir(tmp_path)),
+                          DOCKER_HOST=f"unix://{tmp_path}/no-engine.sock")
+    assert done.returncode == 1
+    assert done.stderr.startswith("orsbox build: the docker engine does not answer")
+    assert done.stdout == ""
+
+
+@pytest.mark.docker
+def test_build_command_prints_its_results_and_no_log_lines(base: BuiltImage) -> None:
+    done = orsbox_command("build", BASE, "--images-dir", str(REPO_IMAGES))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-2:] == ["1 image(s): 0 built, 1 current", f"  {BASE:12} {base.tag:28} current"]
+    assert done.stderr == ""
