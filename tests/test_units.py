@@ -12,19 +12,14 @@ from typing import Annotated, Any, Optional
 import pytest
 from pydantic import BaseModel, Field
 
-from orsbox.agent.authoring import AuthoringError, Environment, ToolOutput, derive_input_schema, tool, validate_input
-from orsbox.agent.commands import OutputCapture
+from orsbox.agent import layout
+from orsbox.agent.authoring import AuthoringError, Environment, ToolOutput, tool
+from orsbox.agent.authoring.tools import derive_input_schema, validate_input
+from orsbox.agent.runtime.processes import CommandLimits, OutputCapture
 from orsbox.api.sse import split_for_sse
+from orsbox.backends.docker.settings import container_settings, runtime_check, runtime_problem, seccomp_profile
 from orsbox.errors import ConfigError
-from orsbox.policy import (
-    PolicySet,
-    SandboxPolicy,
-    container_settings,
-    explain,
-    parse_bytes,
-    runtime_problem,
-    seccomp_profile,
-)
+from orsbox.policy import PolicySet, SandboxPolicy, explain, parse_bytes
 
 
 @pytest.mark.parametrize("text", [
@@ -135,8 +130,8 @@ def test_start_up_refuses_policies_the_engine_cannot_run(tmp_path: Path) -> None
     (tmp_path / "bash.toml").write_text('runtime = "runsc"\n')
     policies = PolicySet.load(tmp_path)
     with pytest.raises(ConfigError, match=r"bash\.toml: runtime 'runsc' needs the Docker runtime 'orsbox-runsc'"):
-        policies.require_runtimes({"runc": []})
-    policies.require_runtimes({"runc": [], "orsbox-runsc": ["--network=none", "--host-uds=create"]})
+        policies.require_runtimes(runtime_check({"runc": []}))
+    policies.require_runtimes(runtime_check({"runc": [], "orsbox-runsc": ["--network=none", "--host-uds=create"]}))
 
 
 def orsbox(*args: str, engine: str) -> subprocess.CompletedProcess[str]:
@@ -221,6 +216,18 @@ def test_readme_policy_reference_matches_the_model() -> None:
     assert reference_markdown() in readme, "regenerate README's policy table from orsbox.policy.reference_markdown()"
 
 
+def test_policies_are_data_that_imports_no_backend() -> None:
+    code = ("import sys, orsbox.policy\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('orsbox.backends', 'docker'))))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert found == "[]"
+
+
+def test_the_agent_takes_every_limit_the_policy_gives_it() -> None:
+    limits = CommandLimits(**SandboxPolicy(command_uid=1234).agent_limits())
+    assert (limits.uid, limits.gid, limits.home) == (1234, 1234, layout.COMMAND_HOME)
+
+
 class AnswerInput(BaseModel):
     answer: int = Field(description="the sum")
 
@@ -244,7 +251,7 @@ def test_tools_written_the_openreward_way_take_a_pydantic_model() -> None:
 
 
 def test_index_only_task_sets_are_described_but_not_listable() -> None:
-    from orsbox.agent.service import describe
+    from orsbox.agent.runtime.service import describe
 
     class Large(Environment):
         @classmethod

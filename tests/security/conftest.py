@@ -18,11 +18,13 @@ import docker
 import pytest
 
 from orsbox.api import create_app
+from orsbox.backends.docker.settings import RUNSC_RUNTIMES
 from orsbox.backends.network.networks import Firewall
 from orsbox.config import Config
-from orsbox.policy import RUNSC_RUNTIMES
 
-from ..conftest import ROOT, Ors, session_containers
+from ..support.managed import session_containers
+from ..support.ors import Ors
+from ..support.run import ROOT
 
 #: The agent's pid, from inside the container (root's python3; pid 1 is docker-init, commands are never root).
 AGENT_PID = "$(pgrep -o -u root -f '^python3 .*orsbox[.]agent')"

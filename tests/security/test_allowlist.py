@@ -16,9 +16,9 @@ import pytest
 import structlog
 
 from orsbox.backends.network import egress
-from orsbox.policy import PROXY_PORT
+from orsbox.backends.network.modes import PROXY_PORT
 
-from ..conftest import Ors
+from ..support.ors import Ors
 from .conftest import METADATA_IP, NetServer, gateway_of, reaches_from_the_host
 from .probe import parse, probe_command
 

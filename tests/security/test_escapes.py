@@ -12,7 +12,8 @@ import json
 import docker
 import pytest
 
-from ..conftest import Ors, session_containers
+from ..support.managed import session_containers
+from ..support.ors import Ors
 from .conftest import AGENT_PID
 
 pytestmark = pytest.mark.docker

@@ -17,9 +17,11 @@ from typing import Any
 import docker
 import pytest
 
-from orsbox.policy import SESSION_SUBNET_POOL
+from orsbox.backends.network.modes import SESSION_SUBNET_POOL
 
-from ..conftest import RUN_ID, Ors, session_containers
+from ..support.managed import session_containers
+from ..support.ors import Ors
+from ..support.run import RUN_ID
 from .conftest import TEST_LABELS, NetServer, gateway_of, reaches_from_the_host
 from .probe import parse, probe_command
 

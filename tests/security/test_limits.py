@@ -12,7 +12,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from ..conftest import Ors, session_containers
+from ..support.managed import session_containers
+from ..support.ors import Ors
 
 pytestmark = pytest.mark.docker
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from ..conftest import Ors
+from ..support.ors import Ors
 from .conftest import METADATA_GATEWAY, NetServer
 
 pytestmark = pytest.mark.docker

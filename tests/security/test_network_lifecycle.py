@@ -17,18 +17,12 @@ import pytest
 
 from orsbox.api import create_app
 from orsbox.api.keys import SESSIONS
+from orsbox.backends.network.modes import PROXY_PORT
 from orsbox.config import Config
-from orsbox.policy import PROXY_PORT
 
-from ..conftest import (
-    NODE_ID,
-    CallResult,
-    Ors,
-    managed_containers,
-    managed_networks,
-    parse_sse,
-    session_containers,
-)
+from ..support.managed import managed_containers, managed_networks, session_containers
+from ..support.ors import CallResult, Ors, parse_sse
+from ..support.run import NODE_ID
 from ..support.server import OrsboxProcess
 from .conftest import NetServer, gateway_of, listening, orsbox_rules
 from .probe import parse, probe_command

@@ -8,19 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from orsbox.backends.docker.settings import container_settings, docker_runtime, explain_sections, runtime_problem
 from orsbox.backends.network.egress import Allowlist, Refused, parse_request, refusal
+from orsbox.backends.network.modes import PROXY_PORT, SESSION_SUBNET_POOL
 from orsbox.backends.network.networks import SessionNetwork, bridge_name, firewall_rules
 from orsbox.errors import ConfigError
-from orsbox.policy import (
-    PROXY_PORT,
-    SESSION_SUBNET_POOL,
-    PolicySet,
-    SandboxPolicy,
-    container_settings,
-    docker_runtime,
-    explanation,
-    runtime_problem,
-)
+from orsbox.policy import PolicySet, SandboxPolicy, explanation
 
 POOL = ipaddress.IPv4Network(SESSION_SUBNET_POOL)
 
@@ -33,15 +26,15 @@ def allowlist(*entries: str) -> SandboxPolicy:
 
 
 def test_allow_entries_are_checked_and_written_one_way() -> None:
-    policy = allowlist("PyPI.org.:443", "*.Example.com:443", "10.0.0.5:8080", "pypi.org:443")
-    assert policy.allow == ("pypi.org:443", "*.example.com:443", "10.0.0.5:8080")
+    policy = allowlist("PyPI.Example.com.:443", "*.Example.com:443", "10.0.0.5:8080", "pypi.example.com:443")
+    assert policy.allow == ("pypi.example.com:443", "*.example.com:443", "10.0.0.5:8080")
 
 
 @pytest.mark.parametrize(("entry", "says"), [
-    ("pypi.org", "not host:port"),
-    ("pypi.org:0", "not host:port"),
-    ("pypi.org:65536", "not host:port"),
-    ("pypi.org:https", "not host:port"),
+    ("pypi.example.com", "not host:port"),
+    ("pypi.example.com:0", "not host:port"),
+    ("pypi.example.com:65536", "not host:port"),
+    ("pypi.example.com:https", "not host:port"),
     ("[::1]:443", "IPv6 addresses are not supported"),
     ("*.10.0.0.5:443", "a wildcard takes a name"),
     ("10.0.0.256:443", "is not an IPv4 address"),
@@ -59,7 +52,7 @@ def test_a_bad_allow_entry_is_refused_with_what_is_allowed(entry: str, says: str
 
 def test_allow_only_goes_with_allowlist_and_allowlist_needs_it() -> None:
     with pytest.raises(ValueError, match="network is 'none'"):
-        SandboxPolicy(allow=("pypi.org:443",))
+        SandboxPolicy(allow=("pypi.example.com:443",))
     with pytest.raises(ValueError, match="needs at least one allow entry"):
         SandboxPolicy(network="allowlist")
 
@@ -67,12 +60,12 @@ def test_allow_only_goes_with_allowlist_and_allowlist_needs_it() -> None:
 def test_a_policy_file_with_a_bad_network_names_the_field(tmp_path: Path) -> None:
     folder = tmp_path
     (folder / "bash.toml").write_text('network = "bridge"\n')
-    (folder / "python.toml").write_text('network = "allowlist"\nallow = ["pypi.org"]\n')
-    (folder / "coding.toml").write_text('allow = ["pypi.org:443"]\n')
+    (folder / "python.toml").write_text('network = "allowlist"\nallow = ["pypi.example.com"]\n')
+    (folder / "coding.toml").write_text('allow = ["pypi.example.com:443"]\n')
     _, problems = PolicySet.read(folder)
     text = "\n".join(problems)
     assert "bash.toml: field network: Input should be 'none', 'allowlist' or 'full'" in text
-    assert "python.toml: field allow" in text and "'pypi.org' is not host:port" in text
+    assert "python.toml: field allow" in text and "'pypi.example.com' is not host:port" in text
     assert "coding.toml" in text and "set network = \"allowlist\" or remove allow" in text
     with pytest.raises(ConfigError):
         PolicySet.load(folder)
@@ -89,13 +82,15 @@ def test_policies_with_a_network_need_a_firewall() -> None:
 
 def test_explain_shows_the_network(tmp_path: Path) -> None:
     folder = tmp_path
-    (folder / "bash.toml").write_text('network = "allowlist"\nallow = ["pypi.org:443", "*.pythonhosted.org:443"]\n')
-    text = explanation(PolicySet.load(folder), "bash")
-    assert 'allow             ["pypi.org:443", "*.pythonhosted.org:443"]' in text
+    (folder / "bash.toml").write_text('network = "allowlist"\nallow = ["pypi.example.com:443", "*.example.net:443"]\n')
+    policies = PolicySet.load(folder)
+    text = explanation(policies, "bash", sections=explain_sections(policies.resolve("bash")))
+    assert 'allow             ["pypi.example.com:443", "*.example.net:443"]' in text
     assert f"egress only through orsbox's HTTP proxy on the network's gateway, port {PROXY_PORT}" in text
-    assert "allowed: pypi.org:443, *.pythonhosted.org:443" in text
+    assert "allowed: pypi.example.com:443, *.example.net:443" in text
     assert '"dns": [\n    "127.0.0.1"\n  ]' in text
-    assert "full: a bridge network" in explanation(PolicySet({"bash": {"network": "full"}}), "bash")
+    full = PolicySet({"bash": {"network": "full"}})
+    assert "full: a bridge network" in explanation(full, "bash", sections=explain_sections(full.resolve("bash")))
 
 
 def test_container_settings_per_mode() -> None:
@@ -103,7 +98,7 @@ def test_container_settings_per_mode() -> None:
     assert none["network_mode"] == "none" and "network" not in none
     full = container_settings(SandboxPolicy(network="full"), "orsbox-x")
     assert full["network"] == "orsbox-x" and "network_mode" not in full and "dns" not in full
-    allow = container_settings(allowlist("pypi.org:443"), "orsbox-y")
+    allow = container_settings(allowlist("pypi.example.com:443"), "orsbox-y")
     assert allow["network"] == "orsbox-y" and allow["dns"] == ["127.0.0.1"]
 
 
@@ -124,22 +119,22 @@ def test_runsc_on_a_network_uses_the_host_network_runtime() -> None:
 
 
 @pytest.mark.parametrize(("host", "port", "allowed"), [
-    ("pypi.org", 443, True),
-    ("PYPI.ORG.", 443, True),
-    ("pypi.org", 80, False),
-    ("evil-pypi.org", 443, False),
-    ("files.pythonhosted.org", 443, True),
-    ("a.b.pythonhosted.org", 443, True),
-    ("pythonhosted.org", 443, False),  # a wildcard covers sub-domains only
-    ("evilpythonhosted.org", 443, False),
+    ("pypi.example.com", 443, True),
+    ("PYPI.EXAMPLE.COM.", 443, True),
+    ("pypi.example.com", 80, False),
+    ("evil-pypi.example.com", 443, False),
+    ("files.example.net", 443, True),
+    ("a.b.example.net", 443, True),
+    ("example.net", 443, False),  # a wildcard covers sub-domains only
+    ("evilexample.net", 443, False),
     ("10.0.0.5", 8080, True),
     ("10.0.0.05", 8080, False),  # not the address as listed (and getaddrinfo might read it otherwise)
-    ("*.pythonhosted.org", 443, False),
-    ("pypi.org\r\nX: y", 443, False),
+    ("*.example.net", 443, False),
+    ("pypi.example.com\r\nX: y", 443, False),
     ("", 443, False),
 ])
 def test_the_allowlist_matches_names_wildcards_and_addresses(host: str, port: int, allowed: bool) -> None:
-    rules = Allowlist(["pypi.org:443", "*.pythonhosted.org:443", "10.0.0.5:8080"])
+    rules = Allowlist(["pypi.example.com:443", "*.example.net:443", "10.0.0.5:8080"])
     assert rules.allows(host, port) is allowed
 
 
@@ -168,8 +163,9 @@ def test_an_ordinary_address_is_not_refused() -> None:
 
 
 def test_a_connect_request() -> None:
-    request = parse_request(b"CONNECT pypi.org:443 HTTP/1.1\r\nHost: pypi.org:443\r\n\r\n")
-    assert (request.method, request.host, request.port, request.upstream_head) == ("CONNECT", "pypi.org", 443, b"")
+    request = parse_request(b"CONNECT pypi.example.com:443 HTTP/1.1\r\nHost: pypi.example.com:443\r\n\r\n")
+    assert (request.method, request.host, request.port) == ("CONNECT", "pypi.example.com", 443)
+    assert request.upstream_head == b""
 
 
 def test_a_plain_http_request_is_sent_on_in_origin_form_and_closes() -> None:

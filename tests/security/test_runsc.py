@@ -15,7 +15,8 @@ import pytest
 from orsbox.api import create_app
 from orsbox.config import Config
 
-from ..conftest import Ors, session_containers
+from ..support.managed import session_containers
+from ..support.ors import Ors
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("runsc")]
 

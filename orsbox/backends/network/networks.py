@@ -38,10 +38,11 @@ import docker.errors
 import docker.types
 import structlog
 
+from ...agent.layout import LABEL_MANAGED, LABEL_NETWORK_MODE, LABEL_NODE, LABEL_SESSION
 from ...errors import SandboxError
-from ...policy import PROXY_PORT, SESSION_SUBNET_POOL, SESSION_SUBNET_PREFIX, SandboxPolicy, proxy_environment
-from ..backend import LABEL_MANAGED, LABEL_NETWORK_MODE, LABEL_NODE, LABEL_SESSION
+from ...policy import SandboxPolicy
 from . import egress
+from .modes import PROXY_PORT, SESSION_SUBNET_POOL, SESSION_SUBNET_PREFIX, proxy_environment
 
 log = structlog.get_logger()
 
