@@ -8,6 +8,9 @@ HTTP client code for both ORS servers:
 - the reference server `openreward.environments.Server` running the host-side twin of
   the bash environment (tests/support/reference_bash.py), unsandboxed.
 
+Both ORS servers are driven by the tests' ORS client (tests/support/ors.py), so run it from the
+repository root as a module, as ./scripts/bench does: `python -m scripts.bench`.
+
 Prints a table and writes the raw samples to bench-results/<timestamp>.json.
 Cleans up after itself, also on Ctrl-C or an error: both servers get SIGTERM
 (orsbox removes its containers), the baseline container is removed, and no
@@ -45,6 +48,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.support.ors import CallResult, Ors, UnexpectedAnswer
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 RESULTS_DIR = ROOT / "bench-results"
@@ -56,8 +61,8 @@ BENCH_LABEL = "orsbox.bench"
 
 START_TIMEOUT = 120.0  # s for a server to answer /health
 STOP_TIMEOUT = 60.0  # s for a server to exit after SIGTERM (orsbox removes its containers first)
-REQUEST_TIMEOUT = 30.0  # s for a plain request
-CALL_TIMEOUT = 120.0  # s for a /call stream, including the wait for setup (503s are retried within it)
+REQUEST_TIMEOUT = 60.0  # s for one request (a /delete waits for the container's removal, a 503 for 25 s)
+CALL_TIMEOUT = 120.0  # s for a tool call, including the wait for setup (503s are retried within it)
 DOCKER_TIMEOUT = 120.0  # s for one docker CLI command
 WARMUP_CALLS = 5
 
@@ -89,122 +94,20 @@ def summary(values: list[float]) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------- the ORS client
+# ---------------------------------------------------------------- the ORS calls
 
 
 class BenchError(Exception):
-    """A request that did not give the expected answer."""
-
-
-@dataclass
-class SSEEvent:
-    event: str
-    data: str
-
-
-async def read_sse(response: aiohttp.ClientResponse) -> list[SSEEvent]:
-    """Events until `end` or `error` (parsed as the official client does); then drain to EOF."""
-    events: list[SSEEvent] = []
-    name: str | None = None
-    data: list[str] = []
-    async for raw in response.content:
-        line = raw.decode("utf-8").rstrip("\r\n")
-        if not line:
-            if name is not None:
-                events.append(SSEEvent(name, "\n".join(data)))
-                if name in ("end", "error"):
-                    await response.read()  # the server closes the stream: keeps the connection reusable
-                    return events
-            name, data = None, []
-            continue
-        if line.startswith(":"):
-            continue  # keepalive comment
-        key, _, value = line.partition(":")
-        value = value.lstrip()
-        if key == "event":
-            name = value
-        elif key == "data":
-            data.append(value)
-    raise BenchError(f"stream ended without end/error after {[e.event for e in events]}")
-
-
-class OrsClient:
-    """The few ORS requests the benchmark makes, with a timeout on each."""
-
-    def __init__(self, http: aiohttp.ClientSession, base_url: str) -> None:
-        self.http = http
-        self.base = base_url.rstrip("/")
-        self.plain_timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-        self.live: set[str] = set()  # ids given to /create and not deleted yet
-
-    async def create_session(self) -> str:
-        """A fresh session id from POST /create_session (SSE: task_id = the id)."""
-        async with self.http.post(f"{self.base}/create_session", json={},
-                                  headers={"Accept": "text/event-stream"}, timeout=self.plain_timeout) as response:
-            if response.status != 200:
-                raise BenchError(f"/create_session: HTTP {response.status}: {(await response.text())[:300]}")
-            events = await read_sse(response)
-        for event in events:
-            if event.event == "task_id" and event.data:
-                return event.data
-        raise BenchError(f"/create_session gave no task_id: {events}")
-
-    async def create(self, sid: str, split: str = "train", index: int = 0) -> None:
-        self.live.add(sid)
-        async with self.http.post(f"{self.base}/create", json={"env_name": ENV, "split": split, "index": index},
-                                  headers={"X-Session-ID": sid}, timeout=self.plain_timeout) as response:
-            body = await response.text()
-            if response.status != 200:
-                raise BenchError(f"/create: HTTP {response.status}: {body[:300]}")
-
-    async def call(self, sid: str, name: str, tool_input: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        """One tool call: the result JSON and how many 503 'still starting' answers were retried."""
-        deadline = time.monotonic() + CALL_TIMEOUT
-        retries = 0
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BenchError(f"/call {name}: no result within {CALL_TIMEOUT:.0f} s ({retries} retries)")
-            async with self.http.post(f"{self.base}/{ENV}/call", json={"name": name, "input": tool_input},
-                                      headers={"X-Session-ID": sid, "Accept": "text/event-stream"},
-                                      timeout=aiohttp.ClientTimeout(total=left, sock_read=35.0)) as response:
-                if response.status == 503 and response.headers.get("X-Backend-State") == "starting":
-                    await response.read()
-                    retries += 1  # the server already waited (25 s gate): ask again at once
-                    continue
-                if response.status != 200:
-                    raise BenchError(f"/call {name}: HTTP {response.status}: {(await response.text())[:300]}")
-                events = await read_sse(response)
-            last = events[-1]
-            if last.event == "error":
-                raise BenchError(f"/call {name}: error event: {last.data[:300]}")
-            text = "".join(e.data for e in events if e.event in ("chunk", "end"))
-            result = json.loads(text)
-            if not isinstance(result, dict) or result.get("ok") is not True:
-                raise BenchError(f"/call {name}: not ok: {text[:300]}")
-            return result, retries
-
-    async def delete(self, sid: str) -> None:
-        self.live.discard(sid)
-        async with self.http.post(f"{self.base}/delete", headers={"X-Session-ID": sid},
-                                  timeout=aiohttp.ClientTimeout(total=STOP_TIMEOUT)) as response:
-            body = await response.text()
-            if response.status != 200:
-                raise BenchError(f"/delete: HTTP {response.status}: {body[:300]}")
-
-
-async def delete_all(client: OrsClient) -> None:
-    """Delete every session the client still has open, at once."""
-    await asyncio.gather(*[client.delete(sid) for sid in list(client.live)])
+    """A step that did not give the expected result."""
 
 
 TRUE_CALL: dict[str, Any] = {"command": "true"}
 
 
-def check_true(result: dict[str, Any]) -> None:
-    metadata = result["output"].get("metadata") or {}
+def check_true(answer: CallResult) -> None:
+    metadata = answer.output.get("metadata") or {}
     if metadata.get("exit_code") != 0:
-        raise BenchError(f"`true` did not exit 0: {json.dumps(result)[:300]}")
+        raise BenchError(f"`true` did not exit 0: {json.dumps(answer.result)[:300]}")
 
 
 # ---------------------------------------------------------------- memory
@@ -389,7 +292,7 @@ async def phase(run: Run, name: str, coro: Awaitable[None]) -> None:
     print(f"  {name} …", file=sys.stderr, flush=True)
     try:
         await coro
-    except (BenchError, aiohttp.ClientError, TimeoutError, json.JSONDecodeError, OSError) as exc:
+    except (BenchError, UnexpectedAnswer, aiohttp.ClientError, TimeoutError, json.JSONDecodeError, OSError) as exc:
         message = f"{name}: {type(exc).__name__}: {exc}"
         run.errors.append(message)
         print(f"  ! {message}", file=sys.stderr, flush=True)
@@ -401,20 +304,32 @@ async def measure_server(server: ServerProcess, sessions: int, calls: int, concu
     assert server.proc is not None
     pid = server.proc.pid
     connector = aiohttp.TCPConnector(limit=max(32, 4 * concurrency))
-    async with aiohttp.ClientSession(connector=connector) as http:
-        client = OrsClient(http, server.url)
+    async with Ors.at(server.url, connector=connector, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as ors:
+        live: set[str] = set()  # ids given to /create and not deleted yet
         run.rss_idle = rss_bytes(pid)
+
+        async def call_true(sid: str) -> tuple[CallResult, int]:
+            return await ors.call_when_ready(sid, "bash", TRUE_CALL, env=ENV, timeout=CALL_TIMEOUT)
+
+        async def delete(sid: str) -> None:
+            live.discard(sid)
+            await ors.delete(sid)
+
+        async def delete_all() -> None:
+            """Delete every session still open, at once."""
+            await asyncio.gather(*[delete(sid) for sid in list(live)])
 
         async def open_session() -> tuple[str, float]:
             """create_session → create → first `true`; the seconds from POST /create to the end event."""
             t0 = time.perf_counter()
-            sid = await client.create_session()
+            sid = await ors.create_session()
             t1 = time.perf_counter()
-            await client.create(sid)
+            live.add(sid)
+            await ors.create(sid, ENV, split="train", index=0)
             t2 = time.perf_counter()
-            result, retries = await client.call(sid, "bash", TRUE_CALL)
+            answer, retries = await call_true(sid)
             t3 = time.perf_counter()
-            check_true(result)
+            check_true(answer)
             run.create_session.append(t1 - t0)
             run.create_request.append(t2 - t1)
             run.first_call_503_retries.append(retries)
@@ -425,21 +340,21 @@ async def measure_server(server: ServerProcess, sessions: int, calls: int, concu
                 sid, seconds = await open_session()
                 run.create_to_first.append(seconds)
                 t0 = time.perf_counter()
-                await client.delete(sid)
+                await delete(sid)
                 run.delete.append(time.perf_counter() - t0)
 
         async def round_trips() -> None:
             sid, _ = await open_session()
             try:
                 for _ in range(WARMUP_CALLS):
-                    await client.call(sid, "bash", TRUE_CALL)
+                    await call_true(sid)
                 for _ in range(calls):
                     t0 = time.perf_counter()
-                    result, _ = await client.call(sid, "bash", TRUE_CALL)
+                    answer, _ = await call_true(sid)
                     run.call_rtt.append(time.perf_counter() - t0)
-                    check_true(result)
+                    check_true(answer)
             finally:
-                await client.delete(sid)
+                await delete(sid)
 
         async def concurrent() -> None:
             t0 = time.perf_counter()
@@ -456,7 +371,7 @@ async def measure_server(server: ServerProcess, sessions: int, calls: int, concu
                         run.containers.append({"id": cid[:12], **memory})
             finally:
                 t1 = time.perf_counter()
-                await delete_all(client)
+                await delete_all()
                 run.concurrent_delete_total = time.perf_counter() - t1
             if failures:
                 raise BenchError(f"{len(failures)} of {concurrency} concurrent sessions failed: {failures[0]!r}")
@@ -464,9 +379,9 @@ async def measure_server(server: ServerProcess, sessions: int, calls: int, concu
         await phase(run, f"{server.name}: {sessions} sessions, create → first result, delete", sequential())
         await phase(run, f"{server.name}: {calls} `bash true` calls in one session", round_trips())
         await phase(run, f"{server.name}: {concurrency} sessions at once", concurrent())
-        if client.live:  # sessions a failed phase left open
-            run.errors.append(f"{len(client.live)} session(s) left open by a failed phase; deleting them")
-            await phase(run, f"{server.name}: deleting leftovers", delete_all(client))
+        if live:  # sessions a failed phase left open
+            run.errors.append(f"{len(live)} session(s) left open by a failed phase; deleting them")
+            await phase(run, f"{server.name}: deleting leftovers", delete_all())
         await asyncio.sleep(1.0)
         run.rss_after = rss_bytes(pid)
     return run

@@ -16,7 +16,8 @@ from orsbox.api import create_app
 from orsbox.config import Config
 from orsbox.images import build_images
 
-from .conftest import ROOT, Ors
+from .support.ors import Ors
+from .support.run import ROOT
 
 pytestmark = pytest.mark.docker
 

@@ -19,8 +19,10 @@ import pytest
 from orsbox.api import create_app
 from orsbox.config import Config
 
-from .conftest import NODE_ID, Ors, managed_containers, parse_sse, session_containers
 from .support.engine import stop_engine, why_not_restartable
+from .support.managed import managed_containers, session_containers
+from .support.ors import Ors, parse_sse
+from .support.run import NODE_ID
 from .support.server import OrsboxProcess
 
 pytestmark = pytest.mark.docker

@@ -15,7 +15,8 @@ import pytest
 from orsbox.api import create_app
 from orsbox.config import Config
 
-from .conftest import ROOT, Ors
+from .support.ors import Ors
+from .support.run import ROOT
 
 pytestmark = pytest.mark.docker
 T = TypeVar("T")

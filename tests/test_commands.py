@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import Ors
+from .support.ors import Ors
 
 pytestmark = pytest.mark.docker
 

@@ -20,10 +20,9 @@ import pytest
 
 from orsbox.api import create_app
 from orsbox.config import Config
+from tests.support.ors import Ors, parse_sse
 from tests.support.reference_bash import reference_server_process
 from tests.support.server import free_port
-
-from .conftest import Ors, parse_sse
 
 pytestmark = pytest.mark.docker
 

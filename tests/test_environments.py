@@ -15,9 +15,10 @@ from typing import Any
 import docker
 import pytest
 
-from .conftest import Ors, session_containers
 from .fixtures.coding_fixes import FIXES
 from .fixtures.python_solutions import SOLUTIONS
+from .support.managed import session_containers
+from .support.ors import Ors
 
 pytestmark = pytest.mark.docker
 

@@ -8,7 +8,8 @@ from typing import Any
 import docker
 import pytest
 
-from .conftest import Ors, session_containers
+from .support.managed import session_containers
+from .support.ors import Ors
 
 pytestmark = pytest.mark.docker
 

@@ -16,7 +16,9 @@ import pytest
 from orsbox.api import create_app
 from orsbox.config import Config
 
-from .conftest import NODE_ID, Ors, managed_containers, session_containers
+from .support.managed import managed_containers, session_containers
+from .support.ors import Ors
+from .support.run import NODE_ID
 from .support.server import OrsboxProcess
 
 pytestmark = pytest.mark.docker

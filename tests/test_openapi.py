@@ -19,7 +19,7 @@ from schemathesis.checks import positive_data_acceptance
 
 from orsbox.api.routes import api
 
-from .conftest import NODE_ID
+from .support.run import NODE_ID
 from .support.server import OrsboxProcess
 
 pytestmark = pytest.mark.docker

@@ -14,7 +14,7 @@ import structlog
 from orsbox.api import create_app
 from orsbox.config import Config
 
-from .conftest import Ors, parse_sse
+from .support.ors import Ors, parse_sse
 
 pytestmark = pytest.mark.docker
 

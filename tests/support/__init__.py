@@ -1,1 +1,1 @@
-"""Helpers shared by tests and scripts (reference servers, fixtures)."""
+"""Helpers shared by the tests and scripts/bench.py: the ORS client, the reference server, the engine, this run."""

@@ -1,0 +1,13 @@
+"""This test run's ids, and the repository it tests.
+
+Every container and session network the run's orsbox starts carries `orsbox.node=NODE_ID`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_ID = uuid.uuid4().hex[:8]
+NODE_ID = f"test-{RUN_ID}"
