@@ -1,6 +1,7 @@
-"""The `orsbox` command: `serve` the ORS API, `build` environment images, `policy explain|check`.
+"""The `orsbox` command: `serve` the ORS API, `build` environment images, list `envs`, `policy explain|check`.
 
-Logging is configured here and nowhere else.
+Logging is configured here and nowhere else: `serve` logs at info; `build`, `envs` and `policy` print
+their results on stdout and log only warnings and errors, unless `--log-level` says otherwise.
 """
 
 from __future__ import annotations
@@ -20,14 +21,19 @@ from .log import configure_logging
 
 log = structlog.get_logger()
 
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="orsbox", description="Sandboxed ORS environment runner.")
     parser.add_argument("--version", action="version", version=f"orsbox {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    log_help = "log events from this level up, on stderr (default: info for serve, warning for the others)"
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help=log_help)
+    logging_options = argparse.ArgumentParser(add_help=False)  # so `orsbox build --log-level info` works too
+    logging_options.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS, help=log_help)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve the ORS API (default 127.0.0.1:8080)")
+    serve = commands.add_parser("serve", help="serve the ORS API (default 127.0.0.1:8080)", parents=[logging_options])
     serve.add_argument("--host", help="address to listen on (env ORSBOX_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (env ORSBOX_PORT)")
     serve.add_argument("--policies", type=Path, dest="policies_dir", help="policy folder (env ORSBOX_POLICIES)")
@@ -42,27 +48,31 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--no-adopt", dest="adopt", action="store_false", default=None,
                        help="at start-up, remove left-over session containers instead of serving them again")
 
-    build = commands.add_parser("build", help="build the images in images/ that are not current")
+    build = commands.add_parser("build", help="build the images in images/ that are not current",
+                                parents=[logging_options])
     build.add_argument("names", nargs="*", help="images to build (default: all)")
     build.add_argument("--images-dir", type=Path, default=Path("images"))
     build.add_argument("--force", action="store_true", help="rebuild even if current")
 
-    envs = commands.add_parser("envs", help="the environments this machine can serve, with their tasks and tools")
+    envs = commands.add_parser("envs", help="the environments this machine can serve, with their tasks and tools",
+                               parents=[logging_options])
     envs.add_argument("--policies", type=Path, dest="policies_dir", help="policy folder (env ORSBOX_POLICIES)")
     envs.add_argument("--state-dir", type=Path, help="where the catalog cache lives (env ORSBOX_STATE_DIR)")
 
     policy = commands.add_parser("policy", help="show or check the sandbox policies")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     explain = policy_commands.add_parser("explain", help="an environment's resolved policy, each value's source, "
-                                                        "and the container settings it becomes")
+                                                        "and the container settings it becomes",
+                                         parents=[logging_options])
     explain.add_argument("environment", help="environment name (e.g. bash)")
     explain.add_argument("--full", action="store_true", help="print the seccomp profile too")
-    check = policy_commands.add_parser("check", help="validate every policy file; exit 1 on the first bad one")
+    check = policy_commands.add_parser("check", help="validate every policy file; exit 1 on the first bad one",
+                                       parents=[logging_options])
     for sub in (explain, check):
         sub.add_argument("--policies", type=Path, dest="policies_dir", help="policy folder (env ORSBOX_POLICIES)")
 
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level or ("info" if args.command == "serve" else "warning"))
     try:
         if args.command == "serve":
             return serve_command(args)
@@ -114,21 +124,27 @@ async def envs_command(args: argparse.Namespace) -> int:
 
 
 def build_command(args: argparse.Namespace) -> int:
+    """Progress lines while it builds, then one line per image: its tag, and whether it was built."""
     from .images import ImageBuildError, build_images
 
     try:
-        build_images(args.images_dir, args.names or None, force=args.force)
+        results = build_images(args.images_dir, args.names or None, force=args.force)
     except ImageBuildError as exc:
-        print(f"orsbox build: {exc}", file=sys.stderr)
+        print(f"orsbox build: {exc.detail}", file=sys.stderr)
         return 1
+    built = sum(image.built for image in results)
+    print(f"\n{len(results)} image(s): {built} built, {len(results) - built} current")
+    for image in results:
+        print(f"  {image.name:12} {image.tag:28} {'built' if image.built else 'current'}")
     return 0
 
 
 def policy_command(args: argparse.Namespace) -> int:
     """`orsbox policy explain ENV` and `orsbox policy check`: the files first, then what the engine says."""
     from .backends.docker.engine import EngineFacts, engine_facts
+    from .backends.docker.settings import explain_sections, runtime_check, runtime_problem
     from .backends.network.networks import Firewall
-    from .policy import PolicySet, explanation, runtime_problem
+    from .policy import PolicySet, explanation
 
     folder = Config.from_env(policies_dir=args.policies_dir).policies_dir
     policies, problems = PolicySet.read(folder)
@@ -141,7 +157,7 @@ def policy_command(args: argparse.Namespace) -> int:
 
     if args.policy_command == "check":
         if not problems and facts is not None:
-            problems = policies.runtime_problems(facts.runtimes)
+            problems = policies.runtime_problems(runtime_check(facts.runtimes))
         if not problems:
             problems = policies.network_problems(Firewall.problem())
         for problem in problems:
@@ -162,8 +178,8 @@ def policy_command(args: argparse.Namespace) -> int:
               f"label orsbox.policy: {label or 'not set'}")
         if label and policies.file(label) is None:
             print(f"  (there is no {label}.toml in {folder}, so default.toml applies)")
-    print(explanation(policies, environment, label, full=args.full))
     resolved = policies.resolve(environment, label)
+    print(explanation(policies, environment, label, sections=explain_sections(resolved, full=args.full)))
     blocker = runtime_problem(resolved, facts.runtimes) if facts else None
     if blocker is None and resolved.network != "none":
         blocker = Firewall.problem()

@@ -38,6 +38,8 @@ class Config(BaseModel):
     idle_timeout: float | None = Field(None, gt=0, description="s; overrides every policy's idle_timeout (tests)")
     max_sessions: int = Field(64, ge=1, description="live sessions at most; past it /create answers 429")
     max_starting: int = Field(4, ge=1, description="containers started at once; later starts queue")
+    max_body_bytes: int = Field(2 * 1024**2, ge=1024, description="bytes a request body may have (413 past it)")
+    max_task_spec_bytes: int = Field(64 * 1024, ge=0, description="bytes of a /create task_spec as JSON (400 past it)")
     adopt: bool = Field(True, description="at start-up, serve again the sessions a previous run left running")
     keep_sessions: bool = Field(False, description="at shutdown, leave session containers for the next run")
 

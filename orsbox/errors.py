@@ -2,6 +2,7 @@
 
     OrsboxError 500
     ├── BadRequest 400 ─── MissingSessionId, SessionExists, InvalidSplit, InvalidIndex, BadSecrets
+    ├── BodyTooLarge 413   (past max_body_bytes)
     ├── InvalidBody 422    (detail is FastAPI's list of errors)
     ├── NotFound 404 ───── EnvNotFound, SessionNotFound
     ├── SessionGone 410    (deleted, reaped, failed: the reason is in the message)
@@ -11,7 +12,8 @@
     ├── ToolFailed 500, EnvironmentFailed 500 (the environment's code raised)
     ├── AgentGone 502      (the in-container agent or its container died)
     ├── SandboxError 500   (the container engine failed)
-    └── ConfigError        (bad configuration or policy file; refused at start-up)
+    ├── ConfigError        (bad configuration or policy file; refused at start-up)
+    └── ImageBuildError    (`orsbox build`: an image could not be built; says which step and why)
 
 `detail` texts match the ORS reference server where it has one.
 """
@@ -65,6 +67,12 @@ class InvalidIndex(BadRequest):
 
 class BadSecrets(BadRequest):
     code = "bad_secrets"
+
+
+class BodyTooLarge(OrsboxError):
+    """A request body past `max_body_bytes`."""
+
+    status, code = 413, "body_too_large"
 
 
 class InvalidBody(OrsboxError):
@@ -133,6 +141,12 @@ class SandboxError(OrsboxError):
 
 class ConfigError(OrsboxError):
     code = "config_error"
+
+
+class ImageBuildError(OrsboxError):
+    """An image could not be built; the message says which step failed and why (CLI only, never HTTP)."""
+
+    code = "image_build_failed"
 
 
 class ToolFailed(OrsboxError):

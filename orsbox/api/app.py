@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import structlog
@@ -10,6 +9,7 @@ from aiohttp import web
 
 from ..backends.backend import Backend
 from ..backends.docker.engine import DockerBackend
+from ..backends.docker.settings import runtime_check
 from ..catalog import Catalog
 from ..config import Config
 from ..policy import PolicySet
@@ -20,14 +20,13 @@ from .routes import api
 
 log = structlog.get_logger()
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
 ENGINE_WATCH_INTERVAL = 2.0  # s between engine pings (/health reports the result)
 
 
 def create_app(config: Config, *, backend: Backend | None = None) -> web.Application:
     """The ORS server. Without `backend`, it connects to the local Docker engine on start-up."""
     app = web.Application(
-        middlewares=[request_context, errors_to_http, redirect_bare_paths], client_max_size=MAX_BODY_BYTES
+        middlewares=[request_context, errors_to_http, redirect_bare_paths], client_max_size=config.max_body_bytes
     )
     app[CONFIG] = config
     app.add_routes(api.routes)
@@ -42,7 +41,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
 
     async def catalog(app: web.Application) -> AsyncIterator[None]:
         policies = PolicySet.load(config.policies_dir)
-        policies.require_runtimes(app[BACKEND].runtimes)  # refuse to start half-configured
+        policies.require_runtimes(runtime_check(app[BACKEND].runtimes))  # refuse to start half-configured
         policies.require_network(app[BACKEND].network_problem())
         app[CATALOG] = await Catalog.load(app[BACKEND], policies, config.state_dir / "catalog",
                                           config.default_environment, only=config.environments)
@@ -52,11 +51,8 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
 
     async def sessions(app: web.Application) -> AsyncIterator[None]:
         app[SESSIONS] = manager = SessionManager(app[BACKEND], app[CATALOG], config)
-        await manager.adopt_or_sweep()  # labels are the state: serve again or remove what a previous run left
-        manager.start()
-        watch = asyncio.create_task(manager.watch_engine(ENGINE_WATCH_INTERVAL))
+        await manager.start(ENGINE_WATCH_INTERVAL)  # labels are the state: serve again or remove what was left
         yield
-        watch.cancel()
         await manager.close(timeout=config.shutdown_timeout)
 
     async def drain(app: web.Application) -> None:

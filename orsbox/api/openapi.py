@@ -5,7 +5,7 @@ and `/openapi.json` is generated from those same pydantic models.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,11 +13,11 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 
 from ..protocol import ErrorAnswer, ValidationErrorAnswer
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+from .exchange import Handler, bind
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 SSE = "text/event-stream"
+GATED = (404, 410, 500, 502, 503)  # what waiting for a session's readiness can answer
 SSE_EVENT = {  # one event of a stream (schemathesis checks each)
     "type": "object",
     "required": ["event", "data"],
@@ -44,11 +44,15 @@ class Api:
         self.operations: list[Operation] = []
 
     def route(self, method: str, path: str, *, body: type[BaseModel] | None = None, answer: Any = None,
-              session: bool = False, errors: tuple[int, ...] = ()) -> Callable[[Handler], Handler]:
+              session: bool = False, gated: bool = False,
+              errors: tuple[int, ...] = ()) -> Callable[[Handler], Handler]:
+        """Register `handler` at `path`: the one place its body model is named (`gated`: needs a ready session)."""
         def register(handler: Handler) -> Handler:
-            statuses = tuple(sorted({*errors, *((422,) if body else ()), *((400,) if session else ())}))
-            self.operations.append(Operation(method, path, handler, body, answer, session, statuses))
-            self.routes.route(method, path)(handler)
+            statuses = {*errors, *((422,) if body else ()), *((400,) if session or gated else ())}
+            statuses |= set(GATED) if gated else set()
+            self.operations.append(Operation(method, path, handler, body, answer, session or gated,
+                                             tuple(sorted(statuses))))
+            self.routes.route(method, path)(bind(handler, body=body, session=session or gated, gated=gated))
             return handler
 
         return register

@@ -1,27 +1,22 @@
-"""The sandbox seam: what a backend does, and the labels that carry orsbox's state.
+"""The backend seam: where a session's sandbox runs, as the SessionManager sees it.
 
-The SessionManager talks to a `Backend`; only `sandbox/docker.py` knows Docker.
+A backend starts a sandbox for a `SandboxSpec` and hands back a `Sandbox` whose
+agent is connected and has answered `hello` (`channel.open_channel`), lists what a
+previous run left behind as typed `Leftover` records (it alone reads its labels),
+reattaches to one for adoption, and removes sandboxes idempotently. The Docker
+backend (`backends/docker/engine.py`) is the real one; tests fill the same slot
+with a fake that runs the agent as a local process.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+import json
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..errors import SandboxError
 from ..policy import SandboxPolicy
-
-# Container labels: every container orsbox starts carries them; names live only here.
-LABEL_MANAGED = "orsbox.managed"  # "1"
-LABEL_SESSION = "orsbox.session"  # the client's X-Session-ID
-LABEL_ENVIRONMENT = "orsbox.environment"  # also on environment images
-LABEL_ENTRYPOINT = "orsbox.entrypoint"  # on images: module:Class of the Environment
-LABEL_POLICY_NAME = "orsbox.policy"  # on images: policy file to use; on containers: policy digest
-LABEL_NODE = "orsbox.node"
-LABEL_CREATED = "orsbox.created"  # unix time
-LABEL_AGENT = "orsbox.agent"  # agent protocol version
-LABEL_ROLE = "orsbox.role"  # "session", "describe" or "network"
-LABEL_NETWORK_MODE = "orsbox.network"  # on session networks: the policy's network mode
+from .channel import AgentChannel, Hello
 
 
 @dataclass(frozen=True)
@@ -38,53 +33,71 @@ class EnvironmentImage:
 
 @dataclass(frozen=True)
 class SandboxSpec:
-    """Everything needed to start one session's container."""
+    """Everything needed to start one session's sandbox."""
 
     session_id: str
     environment: EnvironmentImage
     policy: SandboxPolicy
-    extra_labels: dict[str, str] = field(default_factory=dict)
+    owner: str  # who created the session (a digest, never a key)
 
 
 @dataclass(frozen=True)
+class SandboxRef:
+    """Names one sandbox of the backend's (a container): enough to remove it."""
+
+    id: str  # "" until the engine gave it one
+    name: str
+
+
+@dataclass
 class Sandbox:
-    """A started container and the host folder its agent socket lives in."""
+    """A started sandbox whose agent is connected and handshaken."""
 
-    container_id: str
-    name: str
-    session_dir: Path
-
-    @property
-    def socket_path(self) -> Path:
-        from ..agent.wire import SOCKET_NAME
-
-        return self.session_dir / SOCKET_NAME
+    ref: SandboxRef
+    channel: AgentChannel
+    hello: Hello
 
 
 @dataclass(frozen=True)
-class ManagedContainer:
-    """A container carrying `orsbox.managed=1` and this node's label, as listed by the engine."""
+class Leftover:
+    """A sandbox of this node that the backend found (after a restart, or in a sweep), its labels parsed."""
 
-    container_id: str
-    name: str
-    labels: dict[str, str]
-    status: str  # "running", "exited", ...
+    ref: SandboxRef
+    role: str  # "session", "describe", ...
+    session_id: str | None
+    environment: str | None
+    owner: str | None
+    created: float  # unix time; 0 when unknown
+    running: bool
+    status: str  # the engine's word: "running", "exited", ...
 
 
 class Backend(Protocol):
     runtimes: dict[str, list[str]]  # OCI runtimes the engine offers -> their registered arguments
-    agent_digest: str  # identifies the agent package mounted into containers (discovery data depends on it)
+    agent_digest: str  # identifies the agent package mounted into sandboxes (discovery data depends on it)
 
     async def list_environment_images(self) -> list[EnvironmentImage]: ...
     async def describe(self, image: EnvironmentImage, policy: SandboxPolicy) -> dict[str, Any]: ...
-    async def create(self, spec: SandboxSpec) -> Sandbox: ...
-    async def is_running(self, sandbox: Sandbox) -> bool: ...
-    async def remove(self, sandbox: Sandbox) -> None: ...  # idempotent, never raises; its network too
-    async def restore(self, sandbox: Sandbox, policy: SandboxPolicy) -> None: ...  # adopted: its proxy again
+    async def start(self, spec: SandboxSpec, *, timeout: float) -> Sandbox: ...  # removes what it made if it fails
+    async def reattach(self, leftover: Leftover, policy: SandboxPolicy, *, timeout: float) -> Sandbox: ...
+    async def remove(self, ref: SandboxRef) -> None: ...  # idempotent, never raises; its network too
+    async def list_leftovers(self) -> list[Leftover]: ...
     async def remove_orphan_networks(self, live_sessions: set[str]) -> None: ...  # of no live session
     def network_problem(self) -> str | None: ...  # why sessions cannot have networks of their own here
-    async def list_managed(self) -> list[ManagedContainer]: ...
-    def sandbox_of(self, container: ManagedContainer) -> Sandbox: ...
-    async def remove_container(self, container_id: str) -> None: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
+
+
+def parse_describe_output(image: EnvironmentImage, status: int, out: bytes, errors: bytes) -> dict[str, Any]:
+    """The discovery data an agent run in `describe` mode printed (its last stdout line), or SandboxError."""
+    text = out.decode(errors="replace").strip()
+    try:
+        data = json.loads(text.splitlines()[-1]) if text else None
+    except ValueError:
+        data = None
+    if status == 0 and isinstance(data, dict) and "splits" in data:
+        return data
+    reason = data.get("error") if isinstance(data, dict) else None
+    tail = errors.decode(errors="replace").strip()[-800:]
+    raise SandboxError(f"environment {image.name!r} ({image.entrypoint}) cannot be described: "
+                       f"{reason or tail or f'agent exited with status {status}'}")

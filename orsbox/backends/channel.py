@@ -1,8 +1,11 @@
 """The server's side of the agent channel: newline-delimited JSON over a Unix socket.
 
-One reader task resolves an `id -> Future` map. EOF (agent or container dead)
-fails every pending call with `AgentGone` and runs the close callbacks. Agent
-error types become orsbox errors through a fixed table, never by name lookup.
+`open_channel` connects as soon as the agent listens and checks its `hello`: every
+backend hands sessions a channel opened this way. One reader task resolves an
+`id -> Future` map. EOF (agent or container dead) fails every pending call with
+`AgentGone` and runs the close callbacks. Agent error types become orsbox errors
+through a fixed table, never by name lookup. The agent may be hostile: its `hello`
+is type-checked field by field.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,44 @@ ERROR_TABLE: dict[str, type[OrsboxError]] = {
 
 CONNECT_POLL = 0.005  # s between attempts while the agent starts
 LIVENESS_POLL = 0.5  # s between "is the container still running?" checks while connecting
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The agent's answer to `hello`, checked field by field."""
+
+    protocol: int
+    state: str  # "new", "ready", "failed", "torn_down"
+    pid: int
+    python: str
+    environment: str
+
+    @classmethod
+    def parse(cls, answer: Any) -> Hello:
+        """Raises SetupFailed unless `answer` is a hello of this protocol version."""
+        if not isinstance(answer, dict):
+            raise SetupFailed("the sandbox's agent answered hello with something that is not an object")
+        protocol = answer.get("protocol")
+        if type(protocol) is not int or protocol != wire.PROTOCOL_VERSION:
+            raise SetupFailed(f"the agent speaks protocol {str(protocol)[:20]}, orsbox {wire.PROTOCOL_VERSION}")
+        fields = {"state": str, "pid": int, "python": str, "environment": str}
+        for name, kind in fields.items():
+            if type(answer.get(name)) is not kind:
+                raise SetupFailed(f"the sandbox's agent answered hello without a valid {name!r}")
+        return cls(protocol, answer["state"][:32], answer["pid"], answer["python"][:32], answer["environment"][:200])
+
+
+async def open_channel(
+    socket_path: Path, *, timeout: float, is_alive: Callable[[], Awaitable[bool]]
+) -> tuple[AgentChannel, Hello]:
+    """Connect to the agent at `socket_path` once it listens, and check its hello; within `timeout` s."""
+    channel = await AgentChannel.connect(socket_path, timeout=timeout, is_alive=is_alive)
+    try:
+        hello = Hello.parse(await channel.call(wire.Method.HELLO, timeout=timeout))
+    except BaseException:
+        await channel.close()
+        raise
+    return channel, hello
 
 
 class AgentChannel:

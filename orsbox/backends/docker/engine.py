@@ -8,6 +8,7 @@ in. Engine errors become orsbox errors in `engine_errors`, and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hashlib
 import json
@@ -29,30 +30,33 @@ import structlog
 
 from ... import agent as agent_package
 from ...agent import wire
-from ...errors import SandboxError
-from ...policy import SandboxPolicy, container_settings, runtime_problem
-from ..backend import (
+from ...agent.layout import (
+    AGENT_MOUNT,
+    ENV_CODE_DIR,
+    ENV_SITE_PACKAGES,
     LABEL_AGENT,
     LABEL_CREATED,
     LABEL_ENTRYPOINT,
     LABEL_ENVIRONMENT,
     LABEL_MANAGED,
     LABEL_NODE,
+    LABEL_OWNER,
     LABEL_POLICY_NAME,
     LABEL_ROLE,
     LABEL_SESSION,
-    EnvironmentImage,
-    ManagedContainer,
-    Sandbox,
-    SandboxSpec,
+    SOCKET_DIR,
+    SOCKET_NAME,
 )
+from ...errors import SandboxError
+from ...policy import SandboxPolicy
+from ..backend import EnvironmentImage, Leftover, Sandbox, SandboxRef, SandboxSpec, parse_describe_output
+from ..channel import open_channel
 from ..network.networks import Firewall, SessionNetwork, SessionNetworks
+from .settings import container_settings, runtime_problem
 
 log = structlog.get_logger()
 T = TypeVar("T")
 
-AGENT_MOUNT = "/opt/orsbox"  # the staged agent package, read-only
-ENV_CODE_DIR = "/opt/env"  # where images keep their environment code
 DESCRIBE_TIMEOUT = 60.0  # s
 
 
@@ -70,19 +74,25 @@ def engine_errors(action: str) -> Iterator[None]:
 def stage_agent(state_dir: Path) -> Path:
     """Copy the agent package to `<state_dir>/agent/<hash>/orsbox/agent`, for a read-only mount.
 
-    Only the agent goes into containers, beside an empty `orsbox/__init__.py`,
-    so environments import `orsbox.agent` and nothing else of the server.
+    Only the agent goes into containers (its whole tree, without __pycache__), beside an empty
+    `orsbox/__init__.py`, so environments import `orsbox.agent` and nothing else of the server.
     """
     source = Path(agent_package.__file__).parent
-    files = sorted(p for p in source.iterdir() if p.suffix in (".py", ".sh"))
-    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()[:16]
+    files = sorted(path.relative_to(source) for path in source.rglob("*") if path.is_file())
+    files = [rel for rel in files if "__pycache__" not in rel.parts]
+    hashed = hashlib.sha256()
+    for rel in files:  # each file's path and content, unambiguously
+        hashed.update(rel.as_posix().encode() + b"\0" + hashlib.sha256((source / rel).read_bytes()).digest())
+    digest = hashed.hexdigest()[:16]
     root = state_dir / "agent" / digest
     if not (root / "orsbox" / "agent" / "__main__.py").exists():
         tmp = state_dir / "agent" / f".{digest}.{secrets.token_hex(4)}"
         (tmp / "orsbox" / "agent").mkdir(parents=True)
         (tmp / "orsbox" / "__init__.py").write_text("")
-        for path in files:
-            shutil.copy2(path, tmp / "orsbox" / "agent" / path.name)
+        for rel in files:
+            target = tmp / "orsbox" / "agent" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / rel, target)
         for path in tmp.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
         tmp.chmod(0o755)
@@ -168,7 +178,7 @@ class DockerBackend:
     async def describe(self, image: EnvironmentImage, policy: SandboxPolicy) -> dict[str, Any]:
         """Run the image's agent in describe mode in a locked-down, network-less container."""
         policy = policy.model_copy(update={"network": "none", "allow": ()})  # whatever the sessions get
-        self._require_runtime(policy)
+        _require_runtime(policy, self.runtimes)
         command = self._agent_command("describe", image, policy)
         settings = self._settings(policy, labels=self._labels(role="describe", environment=image.name))
         settings["volumes"] = {str(self.agent_dir): {"bind": AGENT_MOUNT, "mode": "ro"}}
@@ -180,21 +190,25 @@ class DockerBackend:
             out = await self._run("read describe output", container.logs, stdout=True, stderr=False)
             errors = await self._run("read describe errors", container.logs, stdout=False, stderr=True)
         finally:
-            await self.remove_container(container.id)
-        return _parse_describe(image, status, out, errors)
+            await self._remove_container(container.id)
+        return parse_describe_output(image, status, out, errors)
 
     # -- sessions ------------------------------------------------------------
 
-    async def create(self, spec: SandboxSpec) -> Sandbox:
-        """Create and start the session's container; its agent will listen in `session_dir`."""
-        self._require_runtime(spec.policy)
+    async def start(self, spec: SandboxSpec, *, timeout: float) -> Sandbox:
+        """Create and start the session's container, and connect to its agent within `timeout` s.
+
+        Whatever fails (or is cancelled) on the way, the container, its network and its folder are removed.
+        """
+        _require_runtime(spec.policy, self.runtimes)
         name = f"orsbox-{hashlib.sha256(spec.session_id.encode()).hexdigest()[:12]}-{secrets.token_hex(3)}"
         session_dir = self.sessions_dir / name
         session_dir.mkdir(mode=0o700)
         labels = self._labels(role="session", environment=spec.environment.name)
-        labels.update({LABEL_SESSION: spec.session_id, LABEL_POLICY_NAME: spec.policy.digest(), **spec.extra_labels})
+        labels.update({LABEL_SESSION: spec.session_id, LABEL_POLICY_NAME: spec.policy.digest(),
+                       LABEL_OWNER: spec.owner})
         command = self._agent_command("serve", spec.environment, spec.policy)
-        sandbox = Sandbox(container_id="", name=name, session_dir=session_dir)
+        ref = SandboxRef(id="", name=name)
         try:
             network = None
             if spec.policy.network != "none":  # its own network, named like the container
@@ -202,17 +216,32 @@ class DockerBackend:
                     role="network", environment=spec.environment.name))
             settings = self._settings(spec.policy, labels=labels, network=network)
             settings["volumes"] = {
-                str(session_dir): {"bind": wire.SOCKET_DIR_IN_CONTAINER, "mode": "rw"},
+                str(session_dir): {"bind": SOCKET_DIR, "mode": "rw"},
                 str(self.agent_dir): {"bind": AGENT_MOUNT, "mode": "ro"},
             }
             container = await self._create_once(name, spec.environment.image_id, command, settings)
-            sandbox = Sandbox(container_id=container.id, name=name, session_dir=session_dir)
+            ref = SandboxRef(id=container.id, name=name)
             await self._run("start container", container.start)
+            log.info("container_started", container=name)
+            return await self._connect(ref, timeout)
         except BaseException:
-            await self.remove(sandbox)
+            await self.remove(ref)
             raise
-        log.info("container_started", container=name)
+
+    async def reattach(self, leftover: Leftover, policy: SandboxPolicy, *, timeout: float) -> Sandbox:
+        """Connect again to a left-over session container's agent, and restore its network (rules, proxy)."""
+        sandbox = await self._connect(leftover.ref, timeout)
+        try:
+            await self.networks.restore(leftover.ref.name, policy)
+        except BaseException:
+            await sandbox.channel.close()
+            raise
         return sandbox
+
+    async def _connect(self, ref: SandboxRef, timeout: float) -> Sandbox:
+        channel, hello = await open_channel(self.sessions_dir / ref.name / SOCKET_NAME, timeout=timeout,
+                                            is_alive=lambda: self._is_running(ref))
+        return Sandbox(ref, channel, hello)
 
     async def _create_once(self, name: str, image: str, command: list[str], settings: dict[str, Any]) -> Any:
         """Create the container named `name`, retrying transient engine errors; exactly one ever exists.
@@ -226,38 +255,27 @@ class DockerBackend:
             except SandboxError as exc:
                 if not _transient(exc) and not _conflict(exc):
                     raise
-                existing = await self._find_by_name(name)
-                if existing is not None:
-                    return existing
+                with contextlib.suppress(SandboxError):
+                    return await self._run("find container", self.client.containers.get, name)
                 if attempt == len(CREATE_RETRY_PAUSES) - 1:
                     raise
                 log.warning("container_create_retried", container=name, error=exc.detail)
                 await asyncio.sleep(pause)
         raise AssertionError("unreachable")
 
-    async def _find_by_name(self, name: str) -> Any:
+    async def _is_running(self, ref: SandboxRef) -> bool:
         try:
-            return await self._run("find container", self.client.containers.get, name)
-        except SandboxError:
-            return None
-
-    async def is_running(self, sandbox: Sandbox) -> bool:
-        try:
-            attrs = await self._run("inspect container", self.client.api.inspect_container, sandbox.container_id)
+            attrs = await self._run("inspect container", self.client.api.inspect_container, ref.id or ref.name)
         except SandboxError:
             return False
         return bool(attrs.get("State", {}).get("Running"))
 
-    async def remove(self, sandbox: Sandbox) -> None:
+    async def remove(self, ref: SandboxRef) -> None:
         """Kill and remove the container (by name, in case create half-failed), its network (named like it)
         with its firewall rules and proxy, and its session folder."""
-        await self.remove_container(sandbox.container_id or sandbox.name)
-        await self.networks.remove(sandbox.name)
-        shutil.rmtree(sandbox.session_dir, ignore_errors=True)
-
-    async def restore(self, sandbox: Sandbox, policy: SandboxPolicy) -> None:
-        """An adopted session's network as it must be: its firewall rules, and its egress proxy in this process."""
-        await self.networks.restore(sandbox.name, policy)
+        await self._remove_container(ref.id or ref.name)
+        await self.networks.remove(ref.name)
+        shutil.rmtree(self.sessions_dir / ref.name, ignore_errors=True)
 
     def network_problem(self) -> str | None:
         """Why sessions cannot get networks of their own here (no iptables, not root), or None."""
@@ -265,33 +283,23 @@ class DockerBackend:
 
     async def remove_orphan_networks(self, live_sessions: set[str]) -> None:
         """Remove this node's session networks (and rules) that no live session or left container has."""
-        containers = {container.name for container in await self.list_managed()}
+        containers = {leftover.ref.name for leftover in await self.list_leftovers()}
         await self.networks.remove_orphans(live_sessions, containers)
 
-    async def remove_container(self, container_id: str) -> None:
+    async def _remove_container(self, container_id: str) -> None:
         try:
             await self._run("remove container", self.client.api.remove_container, container_id, force=True, v=True)
         except SandboxError as exc:
             if not isinstance(exc.__cause__, docker.errors.NotFound):
                 log.warning("container_remove_failed", container=container_id, error=str(exc))
 
-    async def list_managed(self) -> list[ManagedContainer]:
+    async def list_leftovers(self) -> list[Leftover]:
+        """This node's containers (`orsbox.managed=1`), their labels read as untrusted strings."""
         containers = await self._run("list containers", self.client.api.containers, all=True,
                                      filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_NODE}={self.node_id}"]})
-        return [ManagedContainer(c["Id"], (c.get("Names") or ["/"])[0].lstrip("/"), c.get("Labels") or {},
-                                 c.get("State", "")) for c in containers]
-
-    def sandbox_of(self, container: ManagedContainer) -> Sandbox:
-        """The sandbox a listed session container is, to adopt or remove it."""
-        return Sandbox(container_id=container.container_id, name=container.name,
-                       session_dir=self.sessions_dir / container.name)
+        return [_leftover(container) for container in containers]
 
     # -- helpers -------------------------------------------------------------
-
-    def _require_runtime(self, policy: SandboxPolicy) -> None:
-        problem = runtime_problem(policy, self.runtimes)
-        if problem:
-            raise SandboxError(problem)
 
     def _labels(self, *, role: str, environment: str) -> dict[str, str]:
         return {
@@ -313,7 +321,7 @@ class DockerBackend:
             environment={
                 **(network.container_environment() if network else {}),  # the egress proxy (allowlist)
                 # The agent, the environment's code, then the wheels `orsbox build` vendored for it.
-                "PYTHONPATH": f"{AGENT_MOUNT}:{ENV_CODE_DIR}:{ENV_CODE_DIR}/site-packages",
+                "PYTHONPATH": f"{AGENT_MOUNT}:{ENV_CODE_DIR}:{ENV_SITE_PACKAGES}",
                 "PYTHONDONTWRITEBYTECODE": "1",
                 "PYTHONUNBUFFERED": "1",
             },
@@ -325,6 +333,12 @@ class DockerBackend:
     def _agent_command(mode: str, image: EnvironmentImage, policy: SandboxPolicy) -> list[str]:
         limits = json.dumps(policy.agent_limits(), separators=(",", ":"))
         return ["python3", "-B", "-m", "orsbox.agent", mode, "--entrypoint", image.entrypoint, "--limits", limits]
+
+
+def _require_runtime(policy: SandboxPolicy, runtimes: dict[str, list[str]]) -> None:
+    problem = runtime_problem(policy, runtimes)
+    if problem:
+        raise SandboxError(problem)
 
 
 def engine_mtu(client: docker.DockerClient) -> str | None:
@@ -396,22 +410,27 @@ def _conflict(exc: SandboxError) -> bool:
     return isinstance(cause, docker.errors.APIError) and cause.status_code == 409
 
 
+def _leftover(container: dict[str, Any]) -> Leftover:
+    labels = container.get("Labels") or {}
+    names = container.get("Names") or ["/"]
+
+    def label(name: str, limit: int = 256) -> str | None:
+        value = labels.get(name)
+        return value[:limit] if isinstance(value, str) and value else None
+
+    try:
+        created = float(label(LABEL_CREATED, 32) or 0)
+    except ValueError:
+        created = 0.0
+    status = str(container.get("State", ""))[:32]
+    return Leftover(ref=SandboxRef(id=str(container["Id"]), name=str(names[0]).lstrip("/")),
+                    role=label(LABEL_ROLE, 32) or "", session_id=label(LABEL_SESSION),
+                    environment=label(LABEL_ENVIRONMENT),
+                    owner=label(LABEL_OWNER, 64), created=created, running=status == "running", status=status)
+
+
 def _wait(container: Any, timeout: float) -> int:
     try:
         return int(container.wait(timeout=timeout)["StatusCode"])
     except requests.exceptions.ReadTimeout:
         raise SandboxError(f"describe did not finish within {timeout:.0f} s") from None
-
-
-def _parse_describe(image: EnvironmentImage, status: int, out: bytes, errors: bytes) -> dict[str, Any]:
-    text = out.decode(errors="replace").strip()
-    try:
-        data = json.loads(text.splitlines()[-1]) if text else None
-    except ValueError:
-        data = None
-    if status == 0 and isinstance(data, dict) and "splits" in data:
-        return data
-    reason = data.get("error") if isinstance(data, dict) else None
-    tail = errors.decode(errors="replace").strip()[-800:]
-    raise SandboxError(f"environment {image.name!r} ({image.entrypoint}) cannot be described: "
-                       f"{reason or tail or f'agent exited with status {status}'}")

@@ -1,0 +1,105 @@
+"""One request's way into a handler, in the reference's check order, so handlers only do their one call.
+
+JSON decode (422) → `X-Session-ID` (400) → session lookup and readiness for gated
+routes (404/410/503/500) → body fields (422) → the handler, which gets an
+`Exchange` and returns a model, JSON data, or a stream it wrote itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from ..errors import BadRequest, BodyTooLarge, InvalidBody, MissingSessionId
+from ..sessions import Session
+from .keys import SESSIONS
+from .responses import json_response
+
+B = TypeVar("B")
+
+
+@dataclass(frozen=True)
+class Exchange(Generic[B]):
+    """What a handler works with: the request, its validated body, and for gated routes the ready session."""
+
+    request: web.Request
+    body: B
+    sid: str  # "" on routes without a session
+    gated_session: Session | None
+
+    @property
+    def app(self) -> web.Application:
+        return self.request.app
+
+    @property
+    def api_key(self) -> str | None:
+        return self.request.headers.get("X-API-Key")
+
+    @property
+    def session(self) -> Session:
+        assert self.gated_session is not None, "only gated routes have a ready session"
+        return self.gated_session
+
+
+Handler = Callable[[Exchange[Any]], Awaitable[Any]]
+
+
+def bind(handler: Handler, *, body: type[BaseModel] | None, session: bool,
+         gated: bool) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The aiohttp handler for `handler`: parse, check, call, serialize."""
+    async def handle(request: web.Request) -> web.StreamResponse:
+        raw = await read_json(request) if body is not None else None
+        sid = session_id(request) if session else ""
+        ready = await request.app[SESSIONS].ready(sid, request.headers.get("X-API-Key")) if gated else None
+        parsed = validate(body, raw) if body is not None else None
+        answer = await handler(Exchange(request, parsed, sid, ready))
+        if isinstance(answer, web.StreamResponse):
+            return answer
+        return json_response(answer.model_dump(mode="json") if isinstance(answer, BaseModel) else answer)
+
+    handle.__name__ = handler.__name__
+    handle.__doc__ = handler.__doc__
+    return handle
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON, or 422 shaped as FastAPI's."""
+    if request.content_type not in ("application/json", "") and not request.content_type.endswith("+json"):
+        raise InvalidBody([{"type": "model_attributes_type", "loc": ["body"],
+                            "msg": "Input should be a valid dictionary or object to extract fields from",
+                            "input": (await request.text())[:200]}])
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(f"the request body is larger than {request.client_max_size} bytes") from None
+    if not raw.strip():
+        raise InvalidBody([{"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}])
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise BadRequest("the request body's JSON is nested too deeply") from None
+    except ValueError as exc:
+        position = getattr(exc, "pos", 0)
+        raise InvalidBody([{"type": "json_invalid", "loc": ["body", position], "msg": "JSON decode error",
+                            "input": {}, "ctx": {"error": getattr(exc, "msg", str(exc))}}]) from None
+
+
+def validate(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data, from_attributes=True)  # FastAPI's error for a non-object body
+    except ValidationError as exc:
+        errors = [{**error, "loc": ["body", *error["loc"]]} for error in exc.errors(include_url=False)]
+        # FastAPI's encoder turns the exception objects in `ctx` into {}: do the same.
+        raise InvalidBody(json.loads(json.dumps(errors, default=lambda _: {}))) from None
+
+
+def session_id(request: web.Request) -> str:
+    sid = request.headers.get("X-Session-ID", "").strip()
+    if not sid:
+        raise MissingSessionId()
+    return sid

@@ -1,0 +1,86 @@
+"""Adoption: a restarted orsbox serves again the ready sessions a previous run left running.
+
+State lives in the sandboxes' labels (read by the backend into `Leftover`s) and in
+their agents, which report their state in `hello`. Every sandbox of this node that
+cannot be served (not a session, stopped, environment gone, past its lifetime,
+agent not ready or not answering) is removed; one bad sandbox never stops start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from ..backends.backend import Backend, Leftover
+from ..catalog import Catalog
+from ..config import Config
+from ..errors import EnvNotFound, OrsboxError
+from .lifecycle import Lifecycle
+from .registry import Registry
+from .session import Session, State, owner_of
+
+log = structlog.get_logger()
+
+ADOPT_CONNECT_TIMEOUT = 5.0  # s to reach a left-over sandbox's agent
+
+
+class Adoption:
+    def __init__(self, backend: Backend, catalog: Catalog, registry: Registry, lifecycle: Lifecycle,
+                 config: Config) -> None:
+        self.backend = backend
+        self.catalog = catalog
+        self.registry = registry
+        self.lifecycle = lifecycle
+        self.config = config
+
+    async def adopt_or_sweep(self) -> None:
+        """Serve again the ready sessions a previous run left; remove every other sandbox of this node."""
+        started = time.monotonic()
+        leftovers = await self.backend.list_leftovers()
+        outcomes = await asyncio.gather(*(self._adopt_or_remove(leftover) for leftover in leftovers))
+        await self.backend.remove_orphan_networks(set(self.registry.live))
+        if leftovers:
+            log.info("adoption_finished", adopted=sum(outcomes), removed=len(outcomes) - sum(outcomes),
+                     seconds=round(time.monotonic() - started, 3))
+
+    async def _adopt_or_remove(self, leftover: Leftover) -> bool:
+        try:
+            reason = "adoption is disabled" if not self.config.adopt else await self._adopt(leftover)
+        except Exception as exc:  # one bad sandbox must not stop start-up
+            reason = f"adoption failed: {type(exc).__name__}: {str(exc)[:200]}"
+        if reason is None:
+            return True
+        log.warning("container_removed", container=leftover.ref.name, session_id=leftover.session_id, reason=reason)
+        await self.backend.remove(leftover.ref)
+        return False
+
+    async def _adopt(self, leftover: Leftover) -> str | None:
+        """Reconnect to a left-over session sandbox; the reason it cannot be adopted, or None."""
+        if leftover.role != "session" or not leftover.session_id:
+            return f"not a session container ({leftover.role})"
+        if not leftover.running:
+            return f"the container is {leftover.status}"
+        try:
+            env = self.catalog.get(leftover.environment or "")
+        except EnvNotFound:
+            return f"environment {leftover.environment!r} is no longer served"
+        age = time.time() - leftover.created
+        if age > env.policy.max_lifetime:
+            return f"past its max lifetime of {env.policy.max_lifetime:.0f} s"
+        try:
+            sandbox = await self.backend.reattach(leftover, env.policy, timeout=ADOPT_CONNECT_TIMEOUT)
+        except OrsboxError as exc:
+            return f"it cannot be reattached: {exc.detail}"
+        if sandbox.hello.state != "ready":
+            await sandbox.channel.close()
+            return f"its agent is {sandbox.hello.state!r}"
+        session = Session(id=leftover.session_id, env=env, task={}, owner=leftover.owner or owner_of(None),
+                          created=time.monotonic() - age, state=State.READY)
+        session.sandbox_future = asyncio.get_running_loop().create_future()
+        session.sandbox_future.set_result(sandbox)
+        session.settled.set()
+        self.lifecycle.adopted(session)
+        log.info("session_adopted", session_id=session.id, env=env.name, age_seconds=round(age, 1))
+        return None

@@ -1,0 +1,83 @@
+"""Tool calls and the session's other agent requests.
+
+A tool call runs to its end even if the client goes away; its result is kept
+`result_linger` s by `task_id`, so a reconnecting client gets it instead of a rerun.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import structlog
+
+from ..agent.wire import Method
+from ..backends.channel import AgentChannel
+from ..config import Config
+from ..errors import AgentGone, OrsboxError
+from ..protocol import JSONObject
+from .registry import Registry
+from .session import CallRecord, Session, State
+from .tasks import Tasks
+
+log = structlog.get_logger()
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class Calls:
+    def __init__(self, registry: Registry, tasks: Tasks, config: Config) -> None:
+        self.registry = registry
+        self.tasks = tasks
+        self.config = config
+
+    async def prompt(self, session: Session) -> list[JSONObject]:
+        return list(await channel_of(session).call(Method.PROMPT))
+
+    async def task_tools(self, session: Session) -> JSONObject:
+        return dict(await channel_of(session).call(Method.TASK_TOOLS))
+
+    def start(self, session: Session, name: str, tool_input: JSONObject) -> CallRecord:
+        """Start a tool call that runs to its end even if the client goes away."""
+        record = CallRecord(uuid.uuid4().hex, asyncio.get_running_loop().create_future())
+        record.result.add_done_callback(_consume)  # a result nobody reconnects for is not an error
+        session.calls[record.task_id] = record
+        self.tasks.spawn(self._run(session, record, name, tool_input), session)
+        return record
+
+    def find(self, session: Session, task_id: str) -> CallRecord | None:
+        return session.calls.get(task_id)
+
+    async def _run(self, session: Session, record: CallRecord, name: str, tool_input: JSONObject) -> None:
+        session.running_calls += 1
+        started = time.monotonic()
+        try:
+            result = await channel_of(session).call(Method.CALL_TOOL, {"name": name, "input": tool_input})
+            if session.state is State.ENDED:  # ended under the call: its teardown cut the tool short
+                raise self.registry.gone(session.id)
+            record.result.set_result(result)
+            log.info("tool_called", tool=name, task_id=record.task_id, ok=result.get("ok"),
+                     seconds=round(time.monotonic() - started, 3))
+        except OrsboxError as exc:
+            error = exc if session.state is not State.ENDED else self.registry.gone(session.id)
+            record.result.set_exception(error)
+            log.warning("tool_call_failed", tool=name, task_id=record.task_id, error=error.detail)
+        except asyncio.CancelledError:
+            record.result.set_exception(self.registry.gone(session.id))
+            raise
+        finally:
+            session.running_calls -= 1
+            session.touch()
+            asyncio.get_running_loop().call_later(self.config.result_linger, session.calls.pop, record.task_id, None)
+
+
+def channel_of(session: Session) -> AgentChannel:
+    channel = session.channel
+    if channel is None or channel.closed:
+        raise AgentGone("the sandbox's agent is gone")
+    return channel

@@ -1,0 +1,128 @@
+"""A session's life: its sandbox started and set up, then ended exactly once, with a reason.
+
+Starting runs in the background: the backend starts a sandbox (queued by
+admission) and hands back its handshaken agent channel; then the environment's
+`setup` runs. Ending cancels a start still running, runs `teardown` (bounded),
+and removes the sandbox; a start that was cut short is removed when it finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from ..agent.wire import Method
+from ..backends.backend import Backend, SandboxSpec
+from ..config import Config
+from ..errors import OrsboxError, SetupFailed
+from .registry import Registry
+from .session import Session, State
+from .tasks import Tasks
+
+log = structlog.get_logger()
+
+
+class Lifecycle:
+    def __init__(self, backend: Backend, registry: Registry, tasks: Tasks, config: Config) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.tasks = tasks
+        self.config = config
+        self.closing = False  # shutdown has begun: agents dying now are not reported as gone
+
+    def begin(self, session: Session, secrets: dict[str, str]) -> None:
+        """Register `session` and start its sandbox in the background."""
+        self.registry.add(session)
+        session.start_task = self.tasks.spawn(self._start(session, secrets), session)
+
+    async def _start(self, session: Session, secrets: dict[str, str]) -> None:
+        policy = session.env.policy
+        started = time.monotonic()
+        spec = SandboxSpec(session.id, session.env.image, policy, session.owner)
+        try:
+            async with asyncio.timeout(policy.setup_timeout):
+                async with self.registry.env_starts(session.env), self.registry.starts:  # queued beyond the limits
+                    session.sandbox_future = self.tasks.spawn(
+                        self.backend.start(spec, timeout=policy.setup_timeout), session)
+                    sandbox = await asyncio.shield(session.sandbox_future)
+                sandbox.channel.on_close(lambda: self._agent_gone(session))
+                await sandbox.channel.call(Method.SETUP, {"task": session.task, "secrets": secrets})
+            session.task = {}  # the agent holds it now; a big task spec must not stay in the server's memory
+        except TimeoutError:
+            self._fail(session, SetupFailed(f"TimeoutError: setup did not finish within {policy.setup_timeout:.0f} s"))
+        except OrsboxError as exc:
+            self._fail(session, exc)
+        else:
+            session.state = State.READY
+            log.info("session_ready", seconds=round(time.monotonic() - started, 3))
+        finally:
+            session.settled.set()
+
+    def _fail(self, session: Session, error: OrsboxError) -> None:
+        """Setup failed: the session stays (answering the error) but its sandbox goes now."""
+        if session.state is State.ENDED:
+            return
+        if not isinstance(error, SetupFailed):
+            error = SetupFailed(f"{type(error).__name__}: {error.detail}")
+        session.state, session.error = State.FAILED, error
+        log.warning("session_setup_failed", error=error.detail)
+        self.tasks.spawn(self._release(session), session)
+
+    def adopted(self, session: Session) -> None:
+        """A session adopted from a previous run: registered, and ended if its agent goes."""
+        assert session.channel is not None
+        session.channel.on_close(lambda: self._agent_gone(session))
+        self.registry.add(session)
+
+    async def end(self, session: Session, reason: str) -> None:
+        """End `session` once; concurrent callers wait for the same teardown."""
+        if session.end_task is None:
+            session.end_task = self.tasks.spawn(self._end(session, reason), session)
+        await asyncio.shield(session.end_task)
+
+    def end_soon(self, session: Session, reason: str) -> None:
+        self.tasks.spawn(self.end(session, reason), session)
+
+    async def _end(self, session: Session, reason: str) -> None:
+        started = time.monotonic()
+        was_ready = session.state is State.READY
+        session.state = State.ENDED
+        self.registry.remove(session, reason)
+        session.settled.set()
+        if session.start_task is not None and not session.start_task.done():
+            session.start_task.cancel()
+        channel = session.channel
+        if was_ready and channel is not None and not channel.closed:
+            try:
+                await channel.call(Method.TEARDOWN, timeout=self.config.teardown_timeout)
+            except OrsboxError as exc:
+                log.warning("teardown_failed", error=exc.detail)
+        await self._release(session)
+        log.info("session_ended", reason=reason, seconds=round(time.monotonic() - started, 3))
+
+    async def _release(self, session: Session) -> None:
+        """Remove the session's sandbox, once its start (if one is still running) has finished."""
+        if session.sandbox_future is None:
+            return
+        try:
+            sandbox = await asyncio.shield(session.sandbox_future)
+        except (OrsboxError, asyncio.CancelledError):
+            return  # the start failed and removed what it had made
+        await sandbox.channel.close()
+        await self.backend.remove(sandbox.ref)
+
+    async def let_go(self) -> None:
+        """Disconnect from ready sessions without ending them: their sandboxes wait for adoption."""
+        for session in [s for s in self.registry.live.values() if s.state is State.READY]:
+            self.registry.release(session)
+            session.state = State.ENDED  # for this process; the sandbox lives on
+            if session.channel is not None:
+                await session.channel.close()
+            log.info("session_kept_for_adoption", session_id=session.id, env=session.env.name)
+
+    def _agent_gone(self, session: Session) -> None:
+        if session.state is State.READY and not self.closing:
+            log.warning("agent_gone")
+            self.end_soon(session, "the sandbox's agent exited (its container died or was killed)")

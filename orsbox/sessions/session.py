@@ -1,0 +1,72 @@
+"""A session as orsbox holds it: plain data, its state and its calls."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+from ..backends.backend import Sandbox
+from ..backends.channel import AgentChannel
+from ..catalog import EnvironmentInfo
+from ..errors import OrsboxError
+from ..protocol import JSONObject
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+    ENDED = "ended"
+
+
+@dataclass
+class CallRecord:
+    """One tool call: its result is kept `result_linger` s after it completes, for reconnects."""
+
+    task_id: str
+    result: asyncio.Future[JSONObject]
+
+
+@dataclass
+class Session:
+    id: str
+    env: EnvironmentInfo
+    task: JSONObject
+    owner: str
+    created: float = field(default_factory=time.monotonic)
+    last_active: float = field(default_factory=time.monotonic)
+    state: State = State.STARTING
+    error: OrsboxError | None = None
+    sandbox_future: asyncio.Future[Sandbox] | None = None  # the backend's start, shielded from cancellation
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # set once not STARTING
+    calls: dict[str, CallRecord] = field(default_factory=dict)
+    running_calls: int = 0
+    start_task: asyncio.Task[None] | None = None
+    end_task: asyncio.Task[None] | None = None
+
+    @property
+    def sandbox(self) -> Sandbox | None:
+        """The started sandbox, once the backend's start succeeded."""
+        future = self.sandbox_future
+        if future is None or not future.done() or future.cancelled() or future.exception() is not None:
+            return None
+        return future.result()
+
+    @property
+    def channel(self) -> AgentChannel | None:
+        sandbox = self.sandbox
+        return sandbox.channel if sandbox is not None else None
+
+    def touch(self) -> None:
+        self.last_active = time.monotonic()
+
+    def log_context(self) -> dict[str, str]:
+        return {"session_id": self.id, "env": self.env.name}
+
+
+def owner_of(api_key: str | None) -> str:
+    """Sessions are bound to a hash of the API key that created them (missing = empty)."""
+    return hashlib.sha256((api_key or "").encode()).hexdigest()[:16]

@@ -1,0 +1,159 @@
+"""A backend without containers: the real agent (`python -m orsbox.agent`) as a local process per sandbox.
+
+It fills the same `Backend` slot as the Docker backend, so the whole server
+(routes, sessions, channel, agent) runs for real; only the container is missing.
+For the fast tier: protocol, discovery, admission and SSE tests that need no Docker.
+Its environments (`fake_envs.py`) never run commands, since there is no sandbox
+around them, and the agent's command uid is one no host process uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orsbox.agent.layout import SOCKET_NAME
+from orsbox.backends.backend import (
+    EnvironmentImage,
+    Leftover,
+    Sandbox,
+    SandboxRef,
+    SandboxSpec,
+    parse_describe_output,
+)
+from orsbox.backends.channel import open_channel
+from orsbox.errors import SandboxError
+from orsbox.policy import SandboxPolicy
+
+ROOT = Path(__file__).resolve().parents[2]
+#: The uid the agent would run commands as: no host process may have it, since teardown kills that uid's processes.
+UNUSED_UID = 64123
+
+ENVIRONMENTS = {
+    "echo": "tests.support.fake_envs:EchoEnvironment",
+    "broken": "tests.support.fake_envs:BrokenSetupEnvironment",
+    "slow": "tests.support.fake_envs:SlowSetupEnvironment",
+}
+
+
+@dataclass
+class FakeSandbox:
+    spec: SandboxSpec
+    process: asyncio.subprocess.Process
+    folder: Path
+    created: float
+
+
+class FakeBackend:
+    """Sandboxes as local agent processes, each on a Unix socket in a temporary folder."""
+
+    runtimes: dict[str, list[str]] = {"runc": []}  # noqa: RUF012 (the Backend protocol's attribute)
+    agent_digest = "fake"
+
+    def __init__(self, environments: dict[str, str] | None = None, *, start_delay: float = 0.0) -> None:
+        self.environments = environments or ENVIRONMENTS
+        self.start_delay = start_delay  # s, before each start (a slow engine)
+        self.fail_starts: str | None = None  # set: every start fails with this message (a broken engine)
+        self.engine_up = True
+        self.started = 0
+        self.sandboxes: dict[str, FakeSandbox] = {}
+        self._ids = itertools.count(1)
+
+    async def list_environment_images(self) -> list[EnvironmentImage]:
+        return [EnvironmentImage(name=name, image_id=f"fake:{name}", entrypoint=entrypoint, policy_name=None,
+                                 tags=(f"fake/{name}:latest",), created="0")
+                for name, entrypoint in self.environments.items()]
+
+    async def describe(self, image: EnvironmentImage, policy: SandboxPolicy) -> dict[str, Any]:
+        process = await asyncio.create_subprocess_exec(
+            *self._agent("describe", image.entrypoint, policy), env=_agent_environment(), cwd="/",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, errors = await process.communicate()
+        return parse_describe_output(image, process.returncode or 0, out, errors)
+
+    async def start(self, spec: SandboxSpec, *, timeout: float) -> Sandbox:
+        ref = SandboxRef(id=f"fake-{next(self._ids)}", name=f"fake-{spec.session_id[:40]}")
+        try:
+            await asyncio.sleep(self.start_delay)
+            if self.fail_starts is not None:
+                raise SandboxError(self.fail_starts)
+            folder = Path(tempfile.mkdtemp(prefix="obf-", dir="/tmp"))
+            socket = folder / SOCKET_NAME
+            process = await asyncio.create_subprocess_exec(
+                *self._agent("serve", spec.environment.entrypoint, spec.policy), "--socket", str(socket),
+                env=_agent_environment(), cwd="/", stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL)
+            self.sandboxes[ref.id] = FakeSandbox(spec, process, folder, time.time())
+            self.started += 1
+            return await self._connect(ref, timeout)
+        except BaseException:
+            await self.remove(ref)
+            raise
+
+    async def reattach(self, leftover: Leftover, policy: SandboxPolicy, *, timeout: float) -> Sandbox:
+        return await self._connect(leftover.ref, timeout)
+
+    async def _connect(self, ref: SandboxRef, timeout: float) -> Sandbox:
+        sandbox = self.sandboxes[ref.id]
+
+        async def alive() -> bool:
+            return sandbox.process.returncode is None
+
+        channel, hello = await open_channel(sandbox.folder / SOCKET_NAME, timeout=timeout, is_alive=alive)
+        return Sandbox(ref, channel, hello)
+
+    async def remove(self, ref: SandboxRef) -> None:
+        sandbox = self.sandboxes.pop(ref.id, None)
+        if sandbox is None:
+            return
+        if sandbox.process.returncode is None:
+            sandbox.process.kill()
+        await sandbox.process.wait()
+        shutil.rmtree(sandbox.folder, ignore_errors=True)
+
+    def kill(self, session_id: str) -> None:
+        """Kill a session's agent, as if its container died."""
+        for sandbox in self.sandboxes.values():
+            if sandbox.spec.session_id == session_id:
+                sandbox.process.kill()
+
+    async def list_leftovers(self) -> list[Leftover]:
+        return [Leftover(ref=SandboxRef(id=ref_id, name=f"fake-{s.spec.session_id[:40]}"), role="session",
+                         session_id=s.spec.session_id, environment=s.spec.environment.name, owner=s.spec.owner,
+                         created=s.created, running=s.process.returncode is None,
+                         status="running" if s.process.returncode is None else "exited")
+                for ref_id, s in self.sandboxes.items()]
+
+    async def remove_orphan_networks(self, live_sessions: set[str]) -> None:
+        return None
+
+    def network_problem(self) -> str | None:
+        return "the fake backend gives sessions no networks"
+
+    async def ping(self) -> bool:
+        return self.engine_up
+
+    async def close(self) -> None:
+        for ref_id in list(self.sandboxes):
+            await self.remove(SandboxRef(id=ref_id, name=""))
+
+    @staticmethod
+    def _agent(mode: str, entrypoint: str, policy: SandboxPolicy) -> list[str]:
+        limits = {**policy.agent_limits(), "uid": UNUSED_UID, "gid": UNUSED_UID}
+        return [sys.executable, "-B", "-m", "orsbox.agent", mode, "--entrypoint", entrypoint,
+                "--limits", json.dumps(limits)]
+
+
+def _agent_environment() -> dict[str, str]:
+    """The agent imports `orsbox.agent` and the environments from this checkout, and nothing else of the host's."""
+    keep = {name: os.environ[name] for name in ("PATH", "LANG", "HOME") if name in os.environ}
+    return {**keep, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
