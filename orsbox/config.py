@@ -29,6 +29,7 @@ class Config(BaseModel):
     ready_wait: float = Field(25.0, gt=0, description="s a gated request waits for setup before 503")
     reap_interval: float = Field(5.0, gt=0, description="s between idle/lifetime sweeps")
     result_linger: float = Field(60.0, ge=0, description="s a finished call's result is kept for reconnects")
+    sse_write_timeout: float = Field(30.0, gt=0, description="s an SSE write may wait on a client that reads nothing")
     keepalive: float = Field(10.0, gt=0, description="s between SSE keepalive comments")
     ended_memory: float = Field(3600.0, ge=0, description="s an ended session id is remembered (410, not 404)")
     docker_timeout: float = Field(60.0, gt=0, description="s per Docker engine call")

@@ -20,8 +20,15 @@ from typing import Any, Dict
 
 PROTOCOL_VERSION = 1
 
-#: Largest frame either side accepts (bytes). Tool output is capped far below this.
-MAX_FRAME_BYTES = 64 * 1024 * 1024
+#: Largest frame the agent accepts from the server (bytes): tool input, task specs.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+
+def frame_limit(output_cap: int) -> int:
+    """Largest answer frame for a session whose output cap is `output_cap` bytes: room for the capped
+    output JSON-escaped (a control character is 6 bytes as \\uXXXX), the rest of the result, and a margin.
+    The server drops an agent that sends a longer line; the agent refuses to send one."""
+    return max(1024 * 1024, 8 * output_cap + 64 * 1024)
 
 
 class Method:
@@ -68,6 +75,8 @@ def decode(line: bytes) -> Dict[str, Any]:
     """Parse one line into a frame; raises WireError on anything but a JSON object."""
     try:
         frame = json.loads(line)
+    except RecursionError:
+        raise WireError(ErrorType.BAD_REQUEST, "frame is nested too deeply") from None
     except ValueError as exc:
         raise WireError(ErrorType.BAD_REQUEST, "frame is not JSON: %s" % exc) from None
     if not isinstance(frame, dict):

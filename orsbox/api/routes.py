@@ -124,7 +124,7 @@ async def task_range(x: Exchange[TaskRangeBody]) -> TasksAnswer:
 @api.post("/create_session", answer=SSE)
 async def create_session(x: Exchange[None]) -> web.StreamResponse:
     """Mint a session id, answered as SSE (`task_id` = the id, then an empty `end`) as the client needs."""
-    stream = EventStream(x.request, x.app[CONFIG].keepalive)
+    stream = EventStream(x.request, x.app[CONFIG].keepalive, x.app[CONFIG].sse_write_timeout)
     await stream.open()
     await stream.send("task_id", str(uuid.uuid4()))
     await stream.send("end", "")
@@ -197,7 +197,7 @@ async def task_tools(x: Exchange[None]) -> JSONObject:
 async def call(x: Exchange[CallBody]) -> web.StreamResponse:
     """Run a tool; the result streams back as SSE and is kept for reconnects by `task_id`."""
     manager, body = x.app[SESSIONS], x.body
-    stream = EventStream(x.request, x.app[CONFIG].keepalive)
+    stream = EventStream(x.request, x.app[CONFIG].keepalive, x.app[CONFIG].sse_write_timeout)
     record = manager.find_call(x.session, body.task_id) if body.task_id else manager.start_call(
         x.session, body.name, body.input)
     try:

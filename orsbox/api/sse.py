@@ -61,9 +61,10 @@ def _split_clean(text: str, size: int) -> list[str] | None:
 class EventStream:
     """One SSE response."""
 
-    def __init__(self, request: web.Request, keepalive: float) -> None:
+    def __init__(self, request: web.Request, keepalive: float, write_timeout: float) -> None:
         self.request = request
         self.keepalive = keepalive
+        self.write_timeout = write_timeout
         self.response = web.StreamResponse(status=200, headers=HEADERS)
         self.response.enable_chunked_encoding()
 
@@ -73,11 +74,21 @@ class EventStream:
     async def send(self, event: str, data: str) -> None:
         """One event; data with line breaks goes as several `data:` lines (clients join them with \\n)."""
         lines = "".join(f"data: {line}\r\n" for line in re.split(r"\r\n|\r|\n", data))
-        await self.response.write(f"event: {event}\r\n{lines}\r\n".encode())
+        await self._write(f"event: {event}\r\n{lines}\r\n".encode())
 
     async def ping(self) -> None:
         now = datetime.datetime.now(datetime.UTC)
-        await self.response.write(f": ping - {now}\r\n\r\n".encode())
+        await self._write(f": ping - {now}\r\n\r\n".encode())
+
+    async def _write(self, data: bytes) -> None:
+        """Write, or give up on a reader that stalls for `write_timeout` s: its connection is dropped."""
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await self.response.write(data)
+        except TimeoutError:
+            if self.request.transport is not None:
+                self.request.transport.abort()
+            raise ConnectionResetError(f"the client read nothing for {self.write_timeout:.0f} s") from None
 
     async def send_result(self, result: Any) -> None:
         """The result JSON as `chunk`* + `end`."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,10 @@ ERROR_TABLE: dict[str, type[OrsboxError]] = {
 }
 
 CONNECT_POLL = 0.005  # s between attempts while the agent starts
+DECODE_OFF_LOOP = 256 * 1024  # bytes: frames longer than this are parsed in a thread
+YIELD_EVERY = 64  # frames read in a row before the reader lets other tasks run
+ABANDONED_IDS = 256  # request ids given up on (timed out) whose late answers are still accepted
+MAX_ERROR_MESSAGE = 4000  # characters of an agent's error message kept
 LIVENESS_POLL = 0.5  # s between "is the container still running?" checks while connecting
 
 
@@ -63,10 +68,13 @@ class Hello:
 
 
 async def open_channel(
-    socket_path: Path, *, timeout: float, is_alive: Callable[[], Awaitable[bool]]
+    socket_path: Path, *, timeout: float, is_alive: Callable[[], Awaitable[bool]], max_frame: int
 ) -> tuple[AgentChannel, Hello]:
-    """Connect to the agent at `socket_path` once it listens, and check its hello; within `timeout` s."""
-    channel = await AgentChannel.connect(socket_path, timeout=timeout, is_alive=is_alive)
+    """Connect to the agent at `socket_path` once it listens, and check its hello; within `timeout` s.
+
+    `max_frame` bounds every line the agent may send (`wire.frame_limit` of the session's output cap).
+    """
+    channel = await AgentChannel.connect(socket_path, timeout=timeout, is_alive=is_alive, max_frame=max_frame)
     try:
         hello = Hello.parse(await channel.call(wire.Method.HELLO, timeout=timeout))
     except BaseException:
@@ -75,29 +83,40 @@ async def open_channel(
     return channel, hello
 
 
-class AgentChannel:
-    """A connection to one session's agent; many calls may be in flight."""
+class ProtocolViolation(Exception):
+    """The agent sent something no correct agent sends: the channel is dropped."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+class AgentChannel:
+    """A connection to one session's agent; many calls may be in flight.
+
+    The agent may be hostile: a line over `max_frame` bytes, a frame that is not a JSON object, an
+    answer to a request never sent or malformed, ends the channel (`broken` says why) and never the server.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_frame: int) -> None:
         self._reader = reader
         self._writer = writer
+        self.max_frame = max_frame
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._abandoned: deque[int] = deque(maxlen=ABANDONED_IDS)  # timed out here: a late answer is no violation
         self._on_close: list[Callable[[], None]] = []
         self.closed = False
+        self.broken: str | None = None
         self._read_task = asyncio.create_task(self._read_loop())
 
     @classmethod
     async def connect(
-        cls, socket_path: Path, *, timeout: float, is_alive: Callable[[], Awaitable[bool]]
+        cls, socket_path: Path, *, timeout: float, is_alive: Callable[[], Awaitable[bool]], max_frame: int
     ) -> AgentChannel:
         """Connect as soon as the agent listens; fail fast if its container dies first."""
         deadline = time.monotonic() + timeout
         next_liveness = time.monotonic() + LIVENESS_POLL
         while True:
             try:
-                reader, writer = await asyncio.open_unix_connection(str(socket_path), limit=wire.MAX_FRAME_BYTES)
-                return cls(reader, writer)
+                reader, writer = await asyncio.open_unix_connection(str(socket_path), limit=max_frame)
+                return cls(reader, writer, max_frame)
             except (FileNotFoundError, ConnectionRefusedError):
                 pass
             now = time.monotonic()
@@ -116,7 +135,7 @@ class AgentChannel:
     async def call(self, method: str, params: dict[str, Any] | None = None, *, timeout: float | None = None) -> Any:
         """Send one request and wait for its answer."""
         if self.closed:
-            raise AgentGone("the sandbox's agent is gone")
+            raise AgentGone(self.gone_reason)
         request_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
@@ -129,7 +148,8 @@ class AgentChannel:
         except TimeoutError:
             raise SandboxError(f"the sandbox's agent did not answer {method} within {timeout:.0f} s") from None
         finally:
-            self._pending.pop(request_id, None)
+            if self._pending.pop(request_id, None) is not None and not future.done():
+                self._abandoned.append(request_id)
 
     async def close(self) -> None:
         self._read_task.cancel()
@@ -140,36 +160,78 @@ class AgentChannel:
 
     async def _read_loop(self) -> None:
         try:
+            frames = 0
             while True:
                 line = await self._reader.readline()
                 if not line:
                     break
-                self._deliver(wire.decode(line))
+                self._deliver(await self._decode(line))
+                frames += 1
+                if frames % YIELD_EVERY == 0:  # a fast agent must not keep the event loop to itself
+                    await asyncio.sleep(0)
         except asyncio.CancelledError:
             pass
-        except (ConnectionError, ValueError, wire.WireError) as exc:  # ValueError: a line over the limit
-            log.warning("agent_channel_broken", error=str(exc))
+        except ValueError:  # asyncio's word for a line over the limit
+            self._violation(f"it sent a frame over {self.max_frame} bytes")
+        except (wire.WireError, ProtocolViolation) as exc:
+            self._violation(str(exc))
+        except ConnectionError as exc:
+            log.warning("agent_channel_broken", error=str(exc)[:200])
         finally:
             self._shut()
 
+    async def _decode(self, line: bytes) -> dict[str, Any]:
+        """One frame; a large one is parsed off the event loop."""
+        if len(line) > DECODE_OFF_LOOP:
+            return await asyncio.get_running_loop().run_in_executor(None, wire.decode, line)
+        return wire.decode(line)
+
     def _deliver(self, frame: dict[str, Any]) -> None:
-        future = self._pending.get(frame.get("id"))  # type: ignore[arg-type]
-        if future is None or future.done():
+        request_id = frame.get("id")
+        if type(request_id) is not int:
+            raise ProtocolViolation("it sent a frame without a request id")
+        future = self._pending.get(request_id)
+        if future is None:
+            if request_id in self._abandoned:  # the answer to a call that timed out here
+                self._abandoned.remove(request_id)
+                return
+            raise ProtocolViolation(f"it sent an answer to request {request_id}, which is not waiting for one")
+        if future.done():
             return
-        error = frame.get("error")
-        if isinstance(error, dict):
-            error_class = ERROR_TABLE.get(str(error.get("type")), SandboxError)
-            future.set_exception(error_class(str(error.get("message", "agent error"))))
+        if "error" in frame:
+            future.set_exception(_agent_error(frame["error"]))
+        elif "result" in frame:
+            future.set_result(frame["result"])
         else:
-            future.set_result(frame.get("result"))
+            raise ProtocolViolation("it sent a frame with neither a result nor an error")
+
+    def _violation(self, reason: str) -> None:
+        self.broken = reason[:300]
+        log.warning("agent_protocol_violation", reason=self.broken)
+
+    @property
+    def gone_reason(self) -> str:
+        """Why the channel ended: a protocol violation, or the agent's exit."""
+        if self.broken is not None:
+            return f"the sandbox's agent broke the channel protocol ({self.broken}) and was dropped"
+        return "the sandbox's agent exited (its container died or was killed)"
 
     def _shut(self) -> None:
         if self.closed:
             return
         self.closed = True
         self._writer.close()
+        reason = self.gone_reason
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(AgentGone("the sandbox's agent exited (its container died or was killed)"))
+                future.set_exception(AgentGone(reason))
         for callback in self._on_close:
             callback()
+
+
+def _agent_error(error: Any) -> OrsboxError:
+    """An agent's `{"type", "message"}` as an orsbox error, through the fixed table."""
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        raise ProtocolViolation("it sent an error frame that is not {type, message}")
+    error_class = ERROR_TABLE.get(str(error.get("type")), SandboxError)
+    return error_class(error["message"][:MAX_ERROR_MESSAGE])

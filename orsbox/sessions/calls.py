@@ -16,13 +16,15 @@ import structlog
 from ..agent.wire import Method
 from ..backends.channel import AgentChannel
 from ..config import Config
-from ..errors import AgentGone, OrsboxError
+from ..errors import AgentGone, OrsboxError, SandboxError
 from ..protocol import JSONObject
 from .registry import Registry
 from .session import CallRecord, Session, State
 from .tasks import Tasks
 
 log = structlog.get_logger()
+
+KEPT_RESULTS = 32  # finished results kept per session for reconnects (the oldest go first past it)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
@@ -37,10 +39,16 @@ class Calls:
         self.config = config
 
     async def prompt(self, session: Session) -> list[JSONObject]:
-        return list(await channel_of(session).call(Method.PROMPT))
+        blocks = await channel_of(session).call(Method.PROMPT)
+        if not isinstance(blocks, list) or not all(isinstance(block, dict) for block in blocks):
+            raise SandboxError("the sandbox's agent answered prompt with something that is not a list of blocks")
+        return blocks
 
     async def task_tools(self, session: Session) -> JSONObject:
-        return dict(await channel_of(session).call(Method.TASK_TOOLS))
+        answer = await channel_of(session).call(Method.TASK_TOOLS)
+        if not isinstance(answer, dict) or not isinstance(answer.get("tools"), list):
+            raise SandboxError("the sandbox's agent answered task_tools without a list of tools")
+        return answer
 
     def start(self, session: Session, name: str, tool_input: JSONObject) -> CallRecord:
         """Start a tool call that runs to its end even if the client goes away."""
@@ -58,6 +66,8 @@ class Calls:
         started = time.monotonic()
         try:
             result = await channel_of(session).call(Method.CALL_TOOL, {"name": name, "input": tool_input})
+            if not isinstance(result, dict):
+                raise SandboxError(f"the sandbox's agent answered {name!r} with something that is not an object")
             if session.state is State.ENDED:  # ended under the call: its teardown cut the tool short
                 raise self.registry.gone(session.id)
             record.result.set_result(result)
@@ -74,6 +84,14 @@ class Calls:
             session.running_calls -= 1
             session.touch()
             asyncio.get_running_loop().call_later(self.config.result_linger, session.calls.pop, record.task_id, None)
+            _forget_oldest_results(session)
+
+
+def _forget_oldest_results(session: Session) -> None:
+    """At most KEPT_RESULTS finished results stay per session, however fast a client calls."""
+    finished = [task_id for task_id, record in session.calls.items() if record.result.done()]
+    for task_id in finished[:max(0, len(finished) - KEPT_RESULTS)]:
+        del session.calls[task_id]
 
 
 def channel_of(session: Session) -> AgentChannel:

@@ -123,6 +123,7 @@ class Lifecycle:
             log.info("session_kept_for_adoption", session_id=session.id, env=session.env.name)
 
     def _agent_gone(self, session: Session) -> None:
-        if session.state is State.READY and not self.closing:
-            log.warning("agent_gone")
-            self.end_soon(session, "the sandbox's agent exited (its container died or was killed)")
+        channel = session.channel
+        if session.state is State.READY and not self.closing and channel is not None:
+            log.warning("agent_gone", reason=channel.gone_reason)
+            self.end_soon(session, channel.gone_reason)

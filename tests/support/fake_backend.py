@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from orsbox.agent.layout import SOCKET_NAME
+from orsbox.agent.wire import frame_limit
 from orsbox.backends.backend import (
     EnvironmentImage,
     Leftover,
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: The uid the agent would run commands as: no host process may have it, since teardown kills that uid's processes.
 UNUSED_UID = 64123
 
+HOSTILE = "hostile:"  # entrypoints `hostile:MODE` start `hostile_agent.py MODE` instead of the agent
 ENVIRONMENTS = {
     "echo": "tests.support.fake_envs:EchoEnvironment",
     "broken": "tests.support.fake_envs:BrokenSetupEnvironment",
@@ -94,21 +96,22 @@ class FakeBackend:
                 stderr=asyncio.subprocess.DEVNULL)
             self.sandboxes[ref.id] = FakeSandbox(spec, process, folder, time.time())
             self.started += 1
-            return await self._connect(ref, timeout)
+            return await self._connect(ref, timeout, spec.policy)
         except BaseException:
             await self.remove(ref)
             raise
 
     async def reattach(self, leftover: Leftover, policy: SandboxPolicy, *, timeout: float) -> Sandbox:
-        return await self._connect(leftover.ref, timeout)
+        return await self._connect(leftover.ref, timeout, policy)
 
-    async def _connect(self, ref: SandboxRef, timeout: float) -> Sandbox:
+    async def _connect(self, ref: SandboxRef, timeout: float, policy: SandboxPolicy) -> Sandbox:
         sandbox = self.sandboxes[ref.id]
 
         async def alive() -> bool:
             return sandbox.process.returncode is None
 
-        channel, hello = await open_channel(sandbox.folder / SOCKET_NAME, timeout=timeout, is_alive=alive)
+        channel, hello = await open_channel(sandbox.folder / SOCKET_NAME, timeout=timeout, is_alive=alive,
+                                            max_frame=frame_limit(policy.output_cap))
         return Sandbox(ref, channel, hello)
 
     async def remove(self, ref: SandboxRef) -> None:
@@ -148,6 +151,11 @@ class FakeBackend:
 
     @staticmethod
     def _agent(mode: str, entrypoint: str, policy: SandboxPolicy) -> list[str]:
+        """The real agent; for `hostile:MODE` entrypoints a compromised one (described as the echo environment)."""
+        if entrypoint.startswith(HOSTILE):
+            if mode == "serve":
+                return [sys.executable, str(Path(__file__).with_name("hostile_agent.py")), entrypoint[len(HOSTILE):]]
+            entrypoint = ENVIRONMENTS["echo"]
         limits = {**policy.agent_limits(), "uid": UNUSED_UID, "gid": UNUSED_UID}
         return [sys.executable, "-B", "-m", "orsbox.agent", mode, "--entrypoint", entrypoint,
                 "--limits", json.dumps(limits)]

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,3 +167,40 @@ async def test_a_task_spec_past_the_limit_is_a_400(server: Any, backend: FakeBac
                                    headers={"X-Session-ID": "big"})
     assert response.status == 400 and "at most 1024" in (await response.json())["detail"]
     assert backend.started == 0
+
+
+async def test_results_kept_for_reconnects_are_bounded_per_session(ors: Client) -> None:
+    from orsbox.sessions.calls import KEPT_RESULTS
+
+    sid = await ors.new_session("echo")
+    task_ids = [(await ors.call(sid, "echo", {"text": str(i)}, env="echo")).task_id
+                for i in range(KEPT_RESULTS + 8)]
+    oldest = await ors.call(sid, "echo", {}, env="echo", task_id=task_ids[0])
+    assert oldest.events == [("error", "unknown task_id")]
+    newest = await ors.call(sid, "echo", {}, env="echo", task_id=task_ids[-1])
+    assert newest.text == str(KEPT_RESULTS + 7)
+    await ors.delete(sid)
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_the_server_goes_on(server: Any, policies: Path) -> None:
+    (policies / "echo.toml").write_text('output_cap = "8m"\nmemory = "2g"\n')
+    ors = await server(sse_write_timeout=0.5)
+    sid = await ors.new_session("echo")
+    host, port = ors.http.server.host, ors.http.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    body = json.dumps({"name": "big", "input": {"size": 40_000_000}}).encode()
+    writer.write(b"POST /echo/call HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"X-Session-ID: " + sid.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    await writer.drain()
+    await asyncio.sleep(4)  # read nothing: the server's writes stall, then it gives up on this client
+    received = 0
+    try:
+        while chunk := await asyncio.wait_for(reader.read(1 << 20), 10):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    writer.close()
+    assert received < 40_000_000  # dropped before the whole result went out
+    assert (await ors.http.get("/health")).status == 200
+    assert (await ors.call(sid, "echo", {"text": "after"}, env="echo")).text == "after"
+    await ors.delete(sid)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..layout import WORKSPACE
 from ..runtime import fileops
@@ -112,4 +112,14 @@ def _file_output(answer: Dict[str, Any], text: Callable[[Dict[str, Any]], str],
                  metadata: Callable[[Dict[str, Any]], Dict[str, Any]]) -> ToolOutput:
     if not answer.get("ok"):
         return ToolOutput(blocks=[TextBlock("Error: %s" % answer.get("error"))], metadata={"error": True}, reward=0.0)
-    return ToolOutput(blocks=[TextBlock(text(answer))], metadata=metadata(answer), reward=0.0)
+    shown, truncated = _capped(text(answer), RUNNER.limits.output_cap)
+    return ToolOutput(blocks=[TextBlock(shown)], metadata=dict(metadata(answer), truncated=truncated), reward=0.0)
+
+
+def _capped(text: str, cap: int) -> Tuple[str, bool]:
+    """`text` cut to at most `cap` bytes of UTF-8 (the policy's output cap), with a note saying so."""
+    data = text.encode("utf-8")
+    if len(data) <= cap:
+        return text, False
+    note = "\n[truncated: %d of %d bytes shown; read a range of lines]" % (cap, len(data))
+    return data[:cap].decode("utf-8", "ignore") + note, True

@@ -80,7 +80,7 @@ async def serve(agent: Agent, path: str) -> None:
         os.unlink(path)
     old_umask = os.umask(0o177)
     try:
-        server = await asyncio.start_unix_server(agent.serve_connection, path=path, limit=wire.MAX_FRAME_BYTES)
+        server = await asyncio.start_unix_server(agent.serve_connection, path=path, limit=wire.MAX_REQUEST_BYTES)
     finally:
         os.umask(old_umask)
     stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -240,8 +240,9 @@ def _encode_reply(reply: Dict[str, Any]) -> bytes:
     except (TypeError, ValueError) as exc:
         error = WireError(ErrorType.TOOL_FAILED, "result is not JSON-serialisable: %s" % exc)
         return wire.encode({"id": reply["id"], "error": error.to_json()})
-    if len(data) > wire.MAX_FRAME_BYTES:
-        message = "result of %d bytes exceeds the %d byte limit" % (len(data), wire.MAX_FRAME_BYTES)
+    limit = wire.frame_limit(RUNNER.limits.output_cap)
+    if len(data) > limit:
+        message = "result of %d bytes exceeds the %d byte limit" % (len(data), limit)
         error = WireError(ErrorType.TOOL_FAILED, message)
         return wire.encode({"id": reply["id"], "error": error.to_json()})
     return data

@@ -223,14 +223,14 @@ class DockerBackend:
             ref = SandboxRef(id=container.id, name=name)
             await self._run("start container", container.start)
             log.info("container_started", container=name)
-            return await self._connect(ref, timeout)
+            return await self._connect(ref, timeout, spec.policy)
         except BaseException:
             await self.remove(ref)
             raise
 
     async def reattach(self, leftover: Leftover, policy: SandboxPolicy, *, timeout: float) -> Sandbox:
         """Connect again to a left-over session container's agent, and restore its network (rules, proxy)."""
-        sandbox = await self._connect(leftover.ref, timeout)
+        sandbox = await self._connect(leftover.ref, timeout, policy)
         try:
             await self.networks.restore(leftover.ref.name, policy)
         except BaseException:
@@ -238,9 +238,10 @@ class DockerBackend:
             raise
         return sandbox
 
-    async def _connect(self, ref: SandboxRef, timeout: float) -> Sandbox:
+    async def _connect(self, ref: SandboxRef, timeout: float, policy: SandboxPolicy) -> Sandbox:
         channel, hello = await open_channel(self.sessions_dir / ref.name / SOCKET_NAME, timeout=timeout,
-                                            is_alive=lambda: self._is_running(ref))
+                                            is_alive=lambda: self._is_running(ref),
+                                            max_frame=wire.frame_limit(policy.output_cap))
         return Sandbox(ref, channel, hello)
 
     async def _create_once(self, name: str, image: str, command: list[str], settings: dict[str, Any]) -> Any:

@@ -1,0 +1,85 @@
+"""A compromised agent: it speaks the channel protocol until the first tool call, then breaks it.
+
+`python hostile_agent.py MODE --socket PATH`, started by the fake backend for entrypoints `hostile:MODE`.
+It answers `hello` and `setup` as a real agent does (so the session becomes ready), then answers
+`call_tool` (and `prompt`) the hostile way MODE names:
+
+    garbage      a line that is not JSON
+    unsolicited  an answer to a request the server never sent
+    oversized    one 10 MiB line
+    flood        bytes without end and without a newline, as fast as the socket takes them
+    deep         JSON nested 100,000 deep
+    bad_error    an error frame whose error is not {type, message}
+    no_id        a frame without a request id
+    wrong_types  prompt answered with a number, call_tool with a list (well-formed frames, wrong answers)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+from typing import Any
+
+FLOOD_LIMIT = 1024**3  # bytes a flood sends at most, whatever happens
+
+
+def answer(conn: socket.socket, frame: dict[str, Any]) -> None:
+    conn.sendall(json.dumps(frame).encode() + b"\n")
+
+
+def misbehave(conn: socket.socket, mode: str, request: dict[str, Any]) -> None:
+    request_id = request["id"]
+    if mode == "garbage":
+        conn.sendall(b"this is not json\n")
+    elif mode == "unsolicited":
+        answer(conn, {"id": request_id + 1000, "result": {"ok": True}})
+    elif mode == "oversized":
+        conn.sendall(b'{"id": %d, "result": "' % request_id + b"x" * (10 * 1024**2) + b'"}\n')
+    elif mode == "flood":
+        chunk, sent = b"x" * 65536, 0
+        while sent < FLOOD_LIMIT:
+            conn.sendall(chunk)
+            sent += len(chunk)
+    elif mode == "deep":
+        conn.sendall(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    elif mode == "bad_error":
+        answer(conn, {"id": request_id, "error": "no structure"})
+    elif mode == "no_id":
+        answer(conn, {"result": {"ok": True}})
+    elif mode == "wrong_types":
+        answer(conn, {"id": request_id, "result": 5 if request["method"] == "prompt" else [1, 2]})
+
+
+def serve(mode: str, path: str) -> None:
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(1)
+    conn, _ = server.accept()
+    with conn, conn.makefile("rb") as lines:
+        for line in lines:
+            request = json.loads(line)
+            method = request.get("method")
+            if method == "hello":
+                answer(conn, {"id": request["id"], "result": {
+                    "protocol": 1, "state": "new", "pid": os.getpid(), "python": "3", "environment": "hostile"}})
+            elif method in ("setup", "teardown"):
+                answer(conn, {"id": request["id"], "result": {}})
+            else:
+                try:
+                    misbehave(conn, mode, request)
+                except OSError:  # the server dropped us
+                    return
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode")
+    parser.add_argument("--socket", required=True)
+    args = parser.parse_args()
+    serve(args.mode, args.socket)
+
+
+if __name__ == "__main__":
+    main()

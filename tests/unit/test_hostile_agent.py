@@ -1,0 +1,80 @@
+"""A compromised agent (root in its container, the agent process replaced) attacks the server over the
+channel: whatever it sends, its own session ends with a clear reason and the server and other sessions
+go on. Fast tier: the fake backend starts `tests/support/hostile_agent.py` in the agent's place."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from ..support.fake_backend import ENVIRONMENTS, HOSTILE, FakeBackend
+from ..support.ors import Ors
+
+Client = Ors[TestClient[Any, Any]]
+
+VIOLATIONS = {
+    "garbage": "frame is not JSON",
+    "unsolicited": "not waiting for one",
+    "oversized": "over 2162688 bytes",  # wire.frame_limit of the default 256 KiB output cap
+    "flood": "over 2162688 bytes",
+    "deep": "nested too deeply",
+    "bad_error": "not {type, message}",
+    "no_id": "without a request id",
+}
+
+
+@pytest.fixture
+def backend() -> FakeBackend:
+    hostile = {f"hostile-{mode.replace('_', '-')}": HOSTILE + mode for mode in [*VIOLATIONS, "wrong_types"]}
+    return FakeBackend({**ENVIRONMENTS, **hostile})
+
+
+async def ended_reason(ors: Client, sid: str) -> str:
+    for _ in range(200):
+        response = await ors.http.post("/ping", headers={"X-Session-ID": sid})
+        if response.status == 410:
+            return str((await response.json())["detail"])
+        await asyncio.sleep(0.05)
+    raise AssertionError("the session did not end")
+
+
+@pytest.mark.parametrize("mode", list(VIOLATIONS))
+async def test_a_protocol_violation_ends_only_that_session(ors: Client, backend: FakeBackend, mode: str) -> None:
+    env = f"hostile-{mode.replace('_', '-')}"
+    neighbour = await ors.new_session("echo")
+    sid = await ors.new_session(env)
+    result = await ors.call(sid, "echo", {"text": "hi"}, env=env)
+    assert result.status == 200 and result.events[-1][0] == "error"
+    assert "broke the channel protocol" in result.events[-1][1] and VIOLATIONS[mode] in result.events[-1][1]
+    reason = await ended_reason(ors, sid)
+    assert "broke the channel protocol" in reason and VIOLATIONS[mode] in reason
+    assert (await ors.http.get("/health")).status == 200
+    assert (await ors.call(neighbour, "echo", {"text": "still here"}, env="echo")).text == "still here"
+    await ors.delete(neighbour)
+    for _ in range(100):  # the hostile agent's sandbox is removed with its session
+        if not backend.sandboxes:
+            break
+        await asyncio.sleep(0.05)
+    assert not backend.sandboxes
+
+
+async def test_health_answers_while_an_agent_floods_its_socket(ors: Client) -> None:
+    sid = await ors.new_session("hostile-flood")
+    call = asyncio.ensure_future(ors.call(sid, "echo", {"text": "hi"}, env="hostile-flood"))
+    statuses = []
+    while not call.done():
+        statuses.append((await ors.http.get("/health")).status)
+    assert set(statuses) <= {200}
+    assert "broke the channel protocol" in (await call).events[-1][1]
+
+
+async def test_well_formed_but_wrong_answers_are_errors_not_crashes(ors: Client) -> None:
+    sid = await ors.new_session("hostile-wrong-types")
+    prompt = await ors.http.get("/hostile-wrong-types/prompt", headers={"X-Session-ID": sid})
+    assert prompt.status == 500 and "not a list of blocks" in (await prompt.json())["detail"]
+    result = await ors.call(sid, "echo", {"text": "hi"}, env="hostile-wrong-types")
+    assert result.events[-1] == ("error", "the sandbox's agent answered 'echo' with something that is not an object")
+    await ors.delete(sid)
