@@ -22,7 +22,7 @@ from orsbox.config import Config
 from .support.engine import stop_engine, why_not_restartable
 from .support.managed import managed_containers, session_containers
 from .support.ors import Ors, parse_sse
-from .support.run import NODE_ID
+from .support.run import NODE_ID, ROOT
 from .support.server import OrsboxProcess
 
 pytestmark = pytest.mark.docker
@@ -81,6 +81,27 @@ async def test_a_crashed_server_serves_its_sessions_again_after_restart(
             assert (await http.post("/delete", headers={"X-Session-ID": sid})).status == 200
     assert '"session_adopted"' in second.log()
     assert managed_containers(engine) == []
+
+
+async def test_a_restart_does_not_adopt_a_session_under_a_policy_ops_have_since_tightened(
+    server_factory: Any, engine: docker.DockerClient, tmp_path: Path
+) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "default.toml").write_text((ROOT / "sandbox_policies" / "default.toml").read_text())
+    first = server_factory("--policies", str(policies))
+    sid = str(uuid.uuid4())
+    async with aiohttp.ClientSession(first.url) as http:
+        assert (await create(http, sid)).status == 200
+        assert (await bash(http, sid, "true"))[0] == 200
+    first.signal(signal.SIGKILL)
+    (policies / "bash.toml").write_text('pids = 128\n')  # ops tighten the policy meanwhile
+    second = server_factory("--policies", str(policies))
+    async with aiohttp.ClientSession(second.url) as http:
+        status, _ = await bash(http, sid, "true")
+        assert status == 404
+    assert session_containers(engine, sid) == []
+    assert "its policy changed since it started" in second.log()
 
 
 async def test_a_crash_with_adoption_disabled_leaves_no_container(

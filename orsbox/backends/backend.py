@@ -70,6 +70,8 @@ class Leftover:
     created: float  # unix time; 0 when unknown
     running: bool
     status: str  # the engine's word: "running", "exited", ...
+    policy_digest: str | None  # the digest of the policy it was started with
+    image_id: str | None  # the image it runs
 
 
 class Backend(Protocol):

@@ -69,6 +69,11 @@ class Adoption:
         age = time.time() - leftover.created
         if age > env.policy.max_lifetime:
             return f"past its max lifetime of {env.policy.max_lifetime:.0f} s"
+        if leftover.policy_digest != env.policy.digest():  # ops' tightened policy must not be undone by a restart
+            return (f"its policy changed since it started ({leftover.policy_digest} then, "
+                    f"{env.policy.digest()} now)")
+        if leftover.image_id != env.image.image_id:
+            return f"its environment's image changed since it started (now {env.image.image_id[:19]})"
         try:
             sandbox = await self.backend.reattach(leftover, env.policy, timeout=ADOPT_CONNECT_TIMEOUT)
         except OrsboxError as exc:

@@ -133,7 +133,8 @@ class FakeBackend:
         return [Leftover(ref=SandboxRef(id=ref_id, name=f"fake-{s.spec.session_id[:40]}"), role="session",
                          session_id=s.spec.session_id, environment=s.spec.environment.name, owner=s.spec.owner,
                          created=s.created, running=s.process.returncode is None,
-                         status="running" if s.process.returncode is None else "exited")
+                         status="running" if s.process.returncode is None else "exited",
+                         policy_digest=s.spec.policy.digest(), image_id=s.spec.environment.image_id)
                 for ref_id, s in self.sandboxes.items()]
 
     async def remove_orphan_networks(self, live_sessions: set[str]) -> None:

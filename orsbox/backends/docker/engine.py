@@ -427,7 +427,8 @@ def _leftover(container: dict[str, Any]) -> Leftover:
     return Leftover(ref=SandboxRef(id=str(container["Id"]), name=str(names[0]).lstrip("/")),
                     role=label(LABEL_ROLE, 32) or "", session_id=label(LABEL_SESSION),
                     environment=label(LABEL_ENVIRONMENT),
-                    owner=label(LABEL_OWNER, 64), created=created, running=status == "running", status=status)
+                    owner=label(LABEL_OWNER, 64), created=created, running=status == "running", status=status,
+                    policy_digest=label(LABEL_POLICY_NAME, 64), image_id=str(container.get("ImageID", ""))[:80] or None)
 
 
 def _wait(container: Any, timeout: float) -> int:
