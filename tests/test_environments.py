@@ -279,3 +279,14 @@ async def test_an_endless_loop_times_out_without_hanging_the_session(ors: Ors) -
     assert outcomes == ["not_run", "timeout"], graded
     assert time.monotonic() - started < 30
     await ors.delete(sid)
+
+
+async def test_a_file_tool_result_respects_the_output_cap(ors: Ors) -> None:
+    sid = await ors.new_session("coding", split="train", index=0)
+    await shell(ors, "coding", sid, "python3 -c \"print('line of text ' * 10 ** 5)\" > big.txt")  # ~1.3 MB
+    result = await ors.call(sid, "read_file", {"path": "big.txt"}, env="coding")
+    text = result.text
+    assert result.output["metadata"]["truncated"] is True
+    assert len(text.encode()) < 256 * 1024 + 200 and "[truncated: 262144 of" in text
+    assert text.startswith("line of text line of text")
+    await ors.delete(sid)
