@@ -17,6 +17,7 @@ from aiohttp import web
 from . import __version__
 from .config import Config
 from .errors import OrsboxError
+from .instance import InstanceLock
 from .log import configure_logging
 
 log = structlog.get_logger()
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; exit 1 at once if another server holds this state dir or node id."""
     from .api import create_app
 
     config = Config.from_env(
@@ -94,9 +96,11 @@ def serve_command(args: argparse.Namespace) -> int:
         default_environment=args.default_environment, idle_timeout=args.idle_timeout, environments=args.environments,
         max_sessions=args.max_sessions, keep_sessions=args.keep_sessions, adopt=args.adopt,
     )
-    log.info("starting", host=config.host, port=config.port, version=__version__)
-    web.run_app(create_app(config), host=config.host, port=config.port, print=None,
-                shutdown_timeout=config.shutdown_timeout, access_log=None, loop=asyncio.new_event_loop())
+    with InstanceLock.acquire(config.state_dir, config.node_id) as lock:  # before the engine: no second sweeper
+        log.info("starting", host=config.host, port=config.port, version=__version__, node_id=config.node_id,
+                 locks=[str(path) for path in lock.paths])
+        web.run_app(create_app(config), host=config.host, port=config.port, print=None,
+                    shutdown_timeout=config.shutdown_timeout, access_log=None, loop=asyncio.new_event_loop())
     return 0
 
 

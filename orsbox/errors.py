@@ -13,6 +13,7 @@
     ├── AgentGone 502      (the in-container agent or its container died)
     ├── SandboxError 500   (the container engine failed)
     ├── ConfigError        (bad configuration or policy file; refused at start-up)
+    ├── InstanceLocked     (another `orsbox serve` holds this state dir or node id; carries its pid)
     └── ImageBuildError    (`orsbox build`: an image could not be built; says which step and why)
 
 `detail` texts match the ORS reference server where it has one.
@@ -20,6 +21,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -141,6 +143,16 @@ class SandboxError(OrsboxError):
 
 class ConfigError(OrsboxError):
     code = "config_error"
+
+
+class InstanceLocked(OrsboxError):
+    """Another `orsbox serve` holds this state dir or node id (CLI only, never HTTP): `pid` is the holder's."""
+
+    code = "instance_locked"
+
+    def __init__(self, detail: str, *, pid: int | None, path: Path) -> None:
+        super().__init__(detail)
+        self.pid, self.path = pid, path
 
 
 class ImageBuildError(OrsboxError):
