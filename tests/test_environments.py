@@ -288,5 +288,5 @@ async def test_a_file_tool_result_respects_the_output_cap(ors: Ors) -> None:
     text = result.text
     assert result.output["metadata"]["truncated"] is True
     assert len(text.encode()) < 256 * 1024 + 200 and "[truncated: 262144 of" in text
-    assert text.startswith("line of text line of text")
+    assert text.startswith("     1\tline of text line of text")  # read_file numbers its lines
     await ors.delete(sid)

@@ -102,21 +102,6 @@ async def test_errors_have_the_right_status_and_a_json_detail(
         assert await response.json() == {"detail": detail}
 
 
-@pytest.mark.parametrize("body,content_type", [
-    (b"{not json", "application/json"),
-    (b"", "application/json"),
-    (b'{"split": "train"}', "text/plain"),
-    (b'{"split": 3}', "application/json"),
-    (b'{"split": "train", "extra": 1}', "application/json"),
-    (b"[1, 2]", "application/json"),
-])
-async def test_bad_bodies_are_422_with_a_list_detail(ors: Ors, body: bytes, content_type: str) -> None:
-    response = await ors.http.post("/bash/tasks", data=body, headers={"Content-Type": content_type})
-    assert response.status == 422
-    detail = (await response.json())["detail"]
-    assert isinstance(detail, list) and detail and {"type", "loc", "msg"} <= set(detail[0])
-
-
 async def test_create_body_must_name_the_task_exactly_once(ors: Ors) -> None:
     for body in ({"env_name": "bash"}, {"split": "train"}, {"task_spec": {"id": "train-0"}, "split": "train",
                                                             "index": 0}):
