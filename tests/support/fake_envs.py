@@ -30,6 +30,7 @@ class EchoEnvironment(Environment):
     def __init__(self, task: dict[str, str], secrets: dict[str, str] | None = None) -> None:
         super().__init__(task, secrets)
         self.calls = 0
+        self.sleeping = self.most_sleeping = 0
 
     def get_prompt(self) -> list[TextBlock]:
         return [TextBlock("Answer with the word {}.".format(self.task.get("word")))]
@@ -42,9 +43,14 @@ class EchoEnvironment(Environment):
 
     @tool(concurrent=True)
     async def sleep(self, seconds: float) -> ToolOutput:
-        """Sleep, then answer."""
-        await asyncio.sleep(seconds)
-        return ToolOutput([TextBlock(f"slept {seconds}")])
+        """Sleep, then answer; metadata says how many sleeps ran at once at most so far."""
+        self.sleeping += 1
+        self.most_sleeping = max(self.most_sleeping, self.sleeping)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.sleeping -= 1
+        return ToolOutput([TextBlock(f"slept {seconds}")], metadata={"most_at_once": self.most_sleeping})
 
     @tool
     def big(self, size: int) -> ToolOutput:
