@@ -38,7 +38,7 @@ class Exchange(Generic[B]):
 
     @property
     def api_key(self) -> str | None:
-        return self.request.headers.get("X-API-Key")
+        return api_key(self.request)
 
     @property
     def session(self) -> Session:
@@ -55,7 +55,7 @@ def bind(handler: Handler, *, body: type[BaseModel] | None, session: bool,
     async def handle(request: web.Request) -> web.StreamResponse:
         raw = await read_json(request) if body is not None else None
         sid = session_id(request) if session else ""
-        ready = await request.app[SESSIONS].ready(sid, request.headers.get("X-API-Key")) if gated else None
+        ready = await request.app[SESSIONS].ready(sid, api_key(request)) if gated else None
         parsed = validate(body, raw) if body is not None else None
         answer = await handler(Exchange(request, parsed, sid, ready))
         if isinstance(answer, web.StreamResponse):
@@ -96,6 +96,10 @@ def validate(model: type[BaseModel], data: Any) -> Any:
         errors = [{**error, "loc": ["body", *error["loc"]]} for error in exc.errors(include_url=False)]
         # FastAPI's encoder turns the exception objects in `ctx` into {}: do the same.
         raise InvalidBody(json.loads(json.dumps(errors, default=lambda _: {}))) from None
+
+
+def api_key(request: web.Request) -> str | None:
+    return request.headers.get("X-API-Key")
 
 
 def session_id(request: web.Request) -> str:

@@ -54,10 +54,6 @@ class SessionManager:
     def engine_up(self) -> bool:
         return self.reaper.engine_up
 
-    @property
-    def closing(self) -> bool:
-        return self.lifecycle.closing
-
     def drain(self) -> None:
         """Refuse new sessions from now on (shutdown has begun); existing ones keep working."""
         self.lifecycle.closing = True

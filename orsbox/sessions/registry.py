@@ -55,9 +55,9 @@ class Registry:
 
     def get(self, sid: str, api_key: str | None) -> Session:
         """The live session `sid` of this API key; 410 with the reason if it ended, else 404."""
-        session = self.live.get(sid)
-        if session is None or session.owner != owner_of(api_key):
-            if sid in self.ended and session is None:
+        session = self.owned(sid, api_key)
+        if session is None:
+            if sid in self.ended and sid not in self.live:
                 raise self.gone(sid)
             raise SessionNotFound()
         session.touch()
