@@ -56,6 +56,7 @@ class Lifecycle:
             self._fail(session, exc)
         else:
             session.state = State.READY
+            session.touch()  # the idle clock starts when the session can be used
             log.info("session_ready", seconds=round(time.monotonic() - started, 3))
         finally:
             session.settled.set()

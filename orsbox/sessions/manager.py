@@ -115,6 +115,7 @@ class SessionManager:
                 await asyncio.wait_for(session.settled.wait(), self.config.ready_wait)
             except TimeoutError:
                 raise NotReady() from None
+            session.touch()  # the client waited for it: that is use
         if session.state is State.ENDED:
             raise self.registry.gone(sid)
         if session.state is State.FAILED:

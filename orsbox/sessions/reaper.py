@@ -51,7 +51,7 @@ class Reaper:
             idle_limit = self.config.idle_timeout or policy.idle_timeout
             if now - session.created > policy.max_lifetime:
                 self.lifecycle.end_soon(session, f"reached its max lifetime of {policy.max_lifetime:.0f} s")
-            elif session.running_calls == 0 and now - session.last_active > idle_limit:
+            elif session.idle_for(now) > idle_limit:
                 self.lifecycle.end_soon(session, f"idle for more than {idle_limit:.0f} s")
         self.registry.forget_ended(now)
 

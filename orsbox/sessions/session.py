@@ -63,6 +63,12 @@ class Session:
     def touch(self) -> None:
         self.last_active = time.monotonic()
 
+    def idle_for(self, now: float) -> float:
+        """Seconds since the client last used a ready session (0 while starting or in a call)."""
+        if self.state is not State.READY or self.running_calls:
+            return 0.0
+        return now - self.last_active
+
     def log_context(self) -> dict[str, str]:
         return {"session_id": self.id, "env": self.env.name}
 

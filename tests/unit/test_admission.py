@@ -130,6 +130,13 @@ async def test_idle_sessions_are_reaped(server: Any, backend: FakeBackend) -> No
     assert not backend.sandboxes
 
 
+async def test_the_idle_clock_starts_when_the_session_is_ready(server: Any, backend: FakeBackend) -> None:
+    ors = await server(idle_timeout=0.5, reap_interval=0.1)
+    sid = await ors.new_session("slow", task_spec={"id": "s", "delay": 1.5})  # setup outlasts the idle timeout
+    assert (await ors.prompt(sid, env="slow"))[0]["text"]  # waited for readiness, then answered
+    assert (await ors.call(sid, "echo", {"text": "still here"}, env="slow")).text == "still here"
+
+
 async def test_a_sweep_removes_sandboxes_no_session_owns(ors: Client, backend: FakeBackend) -> None:
     sid = await ors.new_session("echo")
     await ors.prompt(sid, env="echo")
