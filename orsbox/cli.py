@@ -1,4 +1,5 @@
-"""The `orsbox` command: `serve` the ORS API, `build` environment images, list `envs`, `policy explain|check`.
+"""The `orsbox` command: `serve` the ORS API, `build` environment images, list `envs`, `policy explain|check`,
+`keys add|list|revoke`.
 
 Logging is configured here and nowhere else: `serve` logs at info; `build`, `envs` and `policy` print
 their results on stdout and log only warnings and errors, unless `--log-level` says otherwise.
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
+from pydantic import ValidationError
 
 from . import __version__
 from .config import Config
@@ -46,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-sessions", type=int, help="live sessions at most (default 64); then /create is 429")
     serve.add_argument("--keep-sessions", action="store_true", default=None,
                        help="at shutdown, leave ready sessions running for the next start to adopt (rolling restart)")
+    serve.add_argument("--keys-file", type=Path,
+                       help="keys file (env ORSBOX_KEYS_FILE; default <state dir>/api_keys.json)")
+    serve.add_argument("--no-auth", dest="auth", action="store_false", default=None,
+                       help="serve without API keys (only on a loopback address)")
     serve.add_argument("--no-adopt", dest="adopt", action="store_false", default=None,
                        help="at start-up, remove left-over session containers instead of serving them again")
 
@@ -59,6 +65,19 @@ def main(argv: list[str] | None = None) -> int:
                                parents=[logging_options])
     envs.add_argument("--policies", type=Path, dest="policies_dir", help="policy folder (env ORSBOX_POLICIES)")
     envs.add_argument("--state-dir", type=Path, help="where the catalog cache lives (env ORSBOX_STATE_DIR)")
+
+    keys = commands.add_parser("keys", help="manage the API keys in the keys file (a running server sees changes)")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    add = keys_commands.add_parser("add", help="make a key and print it (shown once; only its digest is kept)")
+    add.add_argument("--name", default="", help="what the key is for (shown by list)")
+    add.add_argument("--max-sessions", type=int, help="live sessions at most for this key")
+    add.add_argument("--starts-per-minute", type=int, help="new sessions per minute at most for this key")
+    keys_commands.add_parser("list", help="the keys: id, name, created, quotas (never the keys)")
+    revoke = keys_commands.add_parser("revoke", help="remove a key by its id; its requests get 401 within a second")
+    revoke.add_argument("key_id", help="the key's id (the 8 hex digits after osk_)")
+    for sub in keys_commands.choices.values():
+        sub.add_argument("--state-dir", type=Path, help="(env ORSBOX_STATE_DIR)")
+        sub.add_argument("--keys-file", type=Path, help="(env ORSBOX_KEYS_FILE; default <state dir>/api_keys.json)")
 
     policy = commands.add_parser("policy", help="show or check the sandbox policies")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
@@ -81,10 +100,17 @@ def main(argv: list[str] | None = None) -> int:
             return policy_command(args)
         if args.command == "envs":
             return asyncio.run(envs_command(args))
+        if args.command == "keys":
+            return keys_command(args)
         return build_command(args)
     except OrsboxError as exc:
         print(f"orsbox: {exc.detail}", file=sys.stderr)
         return 1
+    except ValidationError as exc:  # a bad flag or ORSBOX_* value
+        for error in exc.errors(include_url=False):
+            where = ".".join(str(part) for part in error["loc"]) or "configuration"
+            print(f"orsbox: {where}: {error['msg']}", file=sys.stderr)
+        return 2
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -95,6 +121,7 @@ def serve_command(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, policies_dir=args.policies_dir, state_dir=args.state_dir,
         default_environment=args.default_environment, idle_timeout=args.idle_timeout, environments=args.environments,
         max_sessions=args.max_sessions, keep_sessions=args.keep_sessions, adopt=args.adopt,
+        keys_file=args.keys_file, auth=args.auth,
     )
     with InstanceLock.acquire(config.state_dir, config.node_id) as lock:  # before the engine: no second sweeper
         log.info("starting", host=config.host, port=config.port, version=__version__, node_id=config.node_id,
@@ -124,6 +151,35 @@ async def envs_command(args: argparse.Namespace) -> int:
         splits = ", ".join(f"{split}: {len(tasks)}" for split, tasks in env.tasks.items())
         tools = ", ".join(tool["name"] for tool in env.tools)
         print(f"{name:12} {env.image.tags[0]:28} tasks ({splits})  tools ({tools})  policy {env.policy.digest()}")
+    return 0
+
+
+def keys_command(args: argparse.Namespace) -> int:
+    """`orsbox keys add|list|revoke` on the keys file a server of this state dir reads."""
+    from .auth import KeyFile, new_key
+    from .auth.keyfile import describe
+
+    config = Config.from_env(state_dir=args.state_dir, keys_file=args.keys_file)
+    keys = KeyFile(config.key_file_path)
+    if args.keys_command == "add":
+        record, key = new_key(args.name, max_sessions=args.max_sessions, starts_per_minute=args.starts_per_minute)
+        keys.add(record)
+        print(key)
+        print(f"added key {record.id} to {keys.path}; this is the only time it is shown", file=sys.stderr)
+        return 0
+    if args.keys_command == "revoke":
+        if not keys.revoke(args.key_id):
+            print(f"orsbox keys: no key {args.key_id!r} in {keys.path}", file=sys.stderr)
+            return 1
+        print(f"revoked key {args.key_id}")
+        return 0
+    records = keys.load()
+    if not records:
+        print(f"no keys in {keys.path}")
+    for record in records:
+        shown = describe(record)
+        quotas = f"max_sessions={shown['max_sessions'] or '-'} starts_per_minute={shown['starts_per_minute'] or '-'}"
+        print(f"{record.id}  {shown['created']}  {quotas}  {record.name}")
     return 0
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 
 def default_state_dir() -> Path:
@@ -41,8 +42,24 @@ class Config(BaseModel):
     max_starting: int = Field(4, ge=1, description="containers started at once; later starts queue")
     max_body_bytes: int = Field(2 * 1024**2, ge=1024, description="bytes a request body may have (413 past it)")
     max_task_spec_bytes: int = Field(64 * 1024, ge=0, description="bytes of a /create task_spec as JSON (400 past it)")
+    auth: bool = Field(True, description="every route but /health needs a valid X-API-Key (off: loopback only)")
+    api_keys: list[SecretStr] = Field([], description="accepted API keys, besides the keys file's")
+    keys_file: Path | None = Field(None, description="keys file of salted digests; default <state_dir>/api_keys.json")
+    key_max_sessions: int | None = Field(None, ge=1, description="live sessions per API key at most (429 past it)")
+    key_starts_per_minute: int | None = Field(None, ge=1, description="creates per API key per minute (429 past it)")
     adopt: bool = Field(True, description="at start-up, serve again the sessions a previous run left running")
     keep_sessions: bool = Field(False, description="at shutdown, leave session containers for the next run")
+
+    @model_validator(mode="after")
+    def _open_only_on_loopback(self) -> Config:
+        if not self.auth and not is_loopback(self.host):
+            raise ValueError(f"authentication may only be off on a loopback address, not on {self.host!r}: "
+                             "configure API keys (ORSBOX_API_KEYS or `orsbox keys add`) instead")
+        return self
+
+    @property
+    def key_file_path(self) -> Path:
+        return self.keys_file or self.state_dir / "api_keys.json"
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:
@@ -54,10 +71,21 @@ class Config(BaseModel):
             "default_environment": os.environ.get("ORSBOX_DEFAULT_ENV"),
             "environments": _names(os.environ.get("ORSBOX_ENVIRONMENTS")),
             "node_id": os.environ.get("ORSBOX_NODE_ID"),
+            "api_keys": _names(os.environ.get("ORSBOX_API_KEYS")),
+            "keys_file": os.environ.get("ORSBOX_KEYS_FILE"),
         }
         values: dict[str, Any] = {k: v for k, v in env.items() if v is not None}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _names(text: str | None) -> list[str] | None:

@@ -87,6 +87,12 @@ class InvalidBody(OrsboxError):
         self.detail = errors
 
 
+class Unauthorized(OrsboxError):
+    """No API key, or one the server does not know."""
+
+    status, code = 401, "unauthorized"
+
+
 class NotFound(OrsboxError):
     status, code = 404, "not_found"
 

@@ -57,6 +57,7 @@ STATE_DIR = Path("/tmp/orsbox-bench")
 IMAGE = "orsbox/bash:latest"
 ENV = "bash"
 LOOPBACK = "127.0.0.1"
+API_KEY = f"bench-{secrets.token_hex(16)}"  # the one key this run's orsbox accepts
 BENCH_LABEL = "orsbox.bench"
 
 START_TIMEOUT = 120.0  # s for a server to answer /health
@@ -304,7 +305,8 @@ async def measure_server(server: ServerProcess, sessions: int, calls: int, concu
     assert server.proc is not None
     pid = server.proc.pid
     connector = aiohttp.TCPConnector(limit=max(32, 4 * concurrency))
-    async with Ors.at(server.url, connector=connector, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as ors:
+    async with Ors.at(server.url, connector=connector, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+                      headers={"X-API-Key": API_KEY}) as ors:  # the reference ignores it
         live: set[str] = set()  # ids given to /create and not deleted yet
         run.rss_idle = rss_bytes(pid)
 
@@ -615,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("ORSBOX_")}
     orsbox = ServerProcess(
         "orsbox", [str(VENV_BIN / "orsbox"), "serve", "--host", LOOPBACK, "--port", str(orsbox_port)],
-        {**base_env, "ORSBOX_STATE_DIR": str(STATE_DIR), "ORSBOX_NODE_ID": node_id},
+        {**base_env, "ORSBOX_STATE_DIR": str(STATE_DIR), "ORSBOX_NODE_ID": node_id, "ORSBOX_API_KEYS": API_KEY},
         orsbox_port, logs / "orsbox.log")
     reference = ServerProcess(
         "reference", [sys.executable, "-m", "tests.support.reference_bash", "--port", str(reference_port)],

@@ -23,7 +23,7 @@ from orsbox.config import Config
 
 from .support.managed import dangling_firewall_rules, managed_containers, managed_networks
 from .support.ors import Ors
-from .support.run import NODE_ID, ROOT
+from .support.run import API_KEY, AUTH, NODE_ID, ROOT
 
 
 @pytest.fixture(scope="session")
@@ -83,9 +83,18 @@ def no_leaked_containers(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture
+def aiohttp_client(aiohttp_client: Any) -> Any:
+    """pytest-aiohttp's client, sending the run's API key unless a test passes `headers` of its own."""
+    async def client(app: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("headers", AUTH)
+        return await aiohttp_client(app, **kwargs)
+    return client
+
+
+@pytest.fixture
 def config(state_dir: Path, images: None) -> Config:
     return Config(state_dir=state_dir, node_id=NODE_ID, policies_dir=ROOT / "sandbox_policies",
-                  shutdown_timeout=20)
+                  shutdown_timeout=20, api_keys=[API_KEY])
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ async def test_a_crashed_server_serves_its_sessions_again_after_restart(
 ) -> None:
     first = server_factory()
     sids = [str(uuid.uuid4()) for _ in range(3)]
-    async with aiohttp.ClientSession(first.url) as http:
+    async with first.client() as http:
         for sid in sids:
             assert (await create(http, sid)).status == 200
             status, events = await bash(http, sid, f"echo {sid} > mine.txt")
@@ -68,7 +68,7 @@ async def test_a_crashed_server_serves_its_sessions_again_after_restart(
     assert {c.id for c in managed_containers(engine)} == containers_before  # a crash removes nothing
 
     second = server_factory()
-    async with aiohttp.ClientSession(second.url) as http:
+    async with second.client() as http:
         for sid in sids:
             status, events = await bash(http, sid, "cat mine.txt")
             assert status == 200 and events[-1][0] == "end", events
@@ -91,13 +91,13 @@ async def test_a_restart_does_not_adopt_a_session_under_a_policy_ops_have_since_
     (policies / "default.toml").write_text((ROOT / "sandbox_policies" / "default.toml").read_text())
     first = server_factory("--policies", str(policies))
     sid = str(uuid.uuid4())
-    async with aiohttp.ClientSession(first.url) as http:
+    async with first.client() as http:
         assert (await create(http, sid)).status == 200
         assert (await bash(http, sid, "true"))[0] == 200
     first.signal(signal.SIGKILL)
     (policies / "bash.toml").write_text('pids = 128\n')  # ops tighten the policy meanwhile
     second = server_factory("--policies", str(policies))
-    async with aiohttp.ClientSession(second.url) as http:
+    async with second.client() as http:
         status, _ = await bash(http, sid, "true")
         assert status == 404
     assert session_containers(engine, sid) == []
@@ -108,7 +108,7 @@ async def test_a_crash_with_adoption_disabled_leaves_no_container(
     server_factory: Any, engine: docker.DockerClient
 ) -> None:
     first = server_factory()
-    async with aiohttp.ClientSession(first.url) as http:
+    async with first.client() as http:
         for _ in range(2):
             sid = str(uuid.uuid4())
             assert (await create(http, sid)).status == 200
@@ -122,13 +122,13 @@ async def test_a_crash_with_adoption_disabled_leaves_no_container(
 async def test_a_rolling_restart_keeps_sessions(server_factory: Any, engine: docker.DockerClient) -> None:
     first = server_factory("--keep-sessions")
     sid = str(uuid.uuid4())
-    async with aiohttp.ClientSession(first.url) as http:
+    async with first.client() as http:
         assert (await create(http, sid)).status == 200
         assert (await bash(http, sid, "echo before > state.txt"))[0] == 200
     assert first.signal(signal.SIGTERM) == 0
     assert len(session_containers(engine, sid)) == 1
     second = server_factory()
-    async with aiohttp.ClientSession(second.url) as http:
+    async with second.client() as http:
         _, events = await bash(http, sid, "cat state.txt")
         assert events[-1][0] == "end" and "before" in events[-1][1]
     assert second.signal(signal.SIGTERM) == 0  # without --keep-sessions: everything goes
@@ -220,7 +220,7 @@ async def test_a_create_storm_is_queued_not_dropped(aiohttp_client: Any, config:
 async def test_shutdown_lets_running_calls_finish(server_factory: Any, engine: docker.DockerClient) -> None:
     server = server_factory()
     sid = str(uuid.uuid4())
-    async with aiohttp.ClientSession(server.url) as http:
+    async with server.client() as http:
         assert (await create(http, sid)).status == 200
         assert (await bash(http, sid, "true"))[0] == 200
         running = asyncio.ensure_future(bash(http, sid, "sleep 2; echo finished"))
@@ -238,7 +238,7 @@ async def test_shutdown_lets_running_calls_finish(server_factory: Any, engine: d
 async def test_an_engine_restart_is_survived(server_factory: Any, engine: docker.DockerClient) -> None:
     server = server_factory()
     sid = str(uuid.uuid4())
-    async with aiohttp.ClientSession(server.url) as http:
+    async with server.client() as http:
         assert (await create(http, sid)).status == 200
         assert (await bash(http, sid, "true"))[0] == 200
         start_engine = await asyncio.get_running_loop().run_in_executor(None, stop_engine)

@@ -16,7 +16,7 @@ from orsbox.api import create_app
 from orsbox.config import Config
 
 from .support.ors import Ors
-from .support.run import ROOT
+from .support.run import API_KEY, ROOT
 
 pytestmark = pytest.mark.docker
 T = TypeVar("T")
@@ -33,7 +33,7 @@ def environment(ors: Ors, variant: str | None = None) -> Any:
     from openreward import OpenReward
 
     base_url = str(ors.http.make_url("/")).rstrip("/")
-    return OpenReward(api_key="").environments.get("bash", variant=variant, base_url=base_url)
+    return OpenReward(api_key=API_KEY).environments.get("bash", variant=variant, base_url=base_url)
 
 
 @pytest.mark.parametrize("variant", [None, "bash"])

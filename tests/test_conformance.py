@@ -22,6 +22,7 @@ from orsbox.api import create_app
 from orsbox.config import Config
 from tests.support.ors import Ors, parse_sse
 from tests.support.reference_bash import reference_server_process
+from tests.support.run import AUTH
 from tests.support.server import free_port
 
 pytestmark = pytest.mark.docker
@@ -106,8 +107,8 @@ async def both(aiohttp_client: Any, config: Config, reference_url: str) -> Async
     """orsbox serving what the reference serves (other example images may be built on this machine)."""
     ors = Ors(await aiohttp_client(create_app(config.model_copy(update={"environments": ["bash", "orwdemo"]}))))
     orsbox_url = str(ors.http.make_url("/")).rstrip("/")
-    async with httpx.AsyncClient(base_url=orsbox_url, timeout=30, follow_redirects=True) as mine, \
-            httpx.AsyncClient(base_url=reference_url, timeout=30, follow_redirects=True) as theirs:
+    async with httpx.AsyncClient(base_url=orsbox_url, timeout=30, follow_redirects=True, headers=AUTH) as mine, \
+            httpx.AsyncClient(base_url=reference_url, timeout=30, follow_redirects=True, headers=AUTH) as theirs:
         yield Both(mine, theirs)
 
 

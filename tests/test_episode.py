@@ -10,6 +10,7 @@ import pytest
 
 from .support.managed import session_containers
 from .support.ors import Ors
+from .support.run import API_KEY
 
 pytestmark = pytest.mark.docker
 
@@ -136,7 +137,7 @@ async def test_official_client_runs_an_episode(ors: Ors) -> None:
         os.environ["OPENREWARD_DISABLE_UPDATE_CHECK"] = "1"
         from openreward import OpenReward
 
-        env = OpenReward(api_key="").environments.get("bash", base_url=base_url)
+        env = OpenReward(api_key=API_KEY).environments.get("bash", base_url=base_url)
         task = env.list_tasks("train")[4]
         with env.session(task=task) as session:
             prompt = session.get_prompt()

@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import docker
 import pytest
 
@@ -100,7 +99,7 @@ async def test_signals_stop_the_server_and_remove_its_containers(
 ) -> None:
     server = OrsboxProcess(state_dir=state_dir, node_id=NODE_ID, log_path=tmp_path / "server.log").start()
     try:
-        async with aiohttp.ClientSession(server.url) as http:
+        async with server.client() as http:
             sids = [str(uuid.uuid4()) for _ in range(2)]
             for sid in sids:
                 created = await http.post("/create", json={"split": "train", "index": 0},

@@ -19,7 +19,7 @@ from schemathesis.checks import positive_data_acceptance
 
 from orsbox.api.routes import api
 
-from .support.run import NODE_ID
+from .support.run import AUTH, NODE_ID
 from .support.server import OrsboxProcess
 
 pytestmark = pytest.mark.docker
@@ -59,14 +59,15 @@ def test_every_answer_matches_the_description(live_server: str, method: str, pat
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(case=operation.as_strategy(mode))
     def check(case: Any) -> None:
-        response = case.call(base_url=live_server, timeout=30)
+        response = case.call(base_url=live_server, headers=AUTH, timeout=30)
         try:
             # Every check but "schema-valid data is accepted": a well-formed request can still name a split,
             # index or session that does not exist, which ORS answers with a documented 400/404.
             case.validate_response(response, excluded_checks=[positive_data_acceptance])
         finally:
             if case.path == "/create" and response.status_code == 200:  # leave no session behind
-                httpx.post(f"{live_server}/delete", headers={"X-Session-ID": response.json()["sid"]}, timeout=30)
+                httpx.post(f"{live_server}/delete", headers={"X-Session-ID": response.json()["sid"], **AUTH},
+                           timeout=30)
 
     try:
         check()

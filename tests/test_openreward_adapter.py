@@ -28,7 +28,7 @@ from orsbox.agent.runtime.service import Agent, describe
 from orsbox.agent.wire import ErrorType, WireError
 
 from .support.ors import Ors
-from .support.run import ROOT
+from .support.run import API_KEY, ROOT
 
 pytestmark = pytest.mark.docker
 T = TypeVar("T")
@@ -62,7 +62,7 @@ def demo_environment(ors: Ors) -> Any:
     from openreward import OpenReward
 
     base_url = str(ors.http.make_url("/")).rstrip("/")  # orwdemo is not the default environment: name the variant
-    return OpenReward(api_key="").environments.get("orwdemo", variant="orwdemo", base_url=base_url)
+    return OpenReward(api_key=API_KEY).environments.get("orwdemo", variant="orwdemo", base_url=base_url)
 
 
 async def host_calls(demo: Any, task: dict[str, Any], calls: list[tuple[str, dict[str, Any]]]) -> list[Any]:

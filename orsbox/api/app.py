@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
+from ..auth import KeyRing, Quota
 from ..backends.backend import Backend
 from ..backends.docker.engine import DockerBackend
 from ..backends.docker.settings import runtime_check
@@ -14,8 +15,8 @@ from ..catalog import Catalog
 from ..config import Config
 from ..policy import PolicySet
 from ..sessions import SessionManager
-from .keys import BACKEND, CATALOG, CONFIG, SESSIONS
-from .middleware import errors_to_http, redirect_bare_paths, request_context
+from .keys import BACKEND, CATALOG, CONFIG, KEYRING, SESSIONS
+from .middleware import authenticate, errors_to_http, redirect_bare_paths, request_context
 from .routes import api
 
 log = structlog.get_logger()
@@ -23,12 +24,26 @@ log = structlog.get_logger()
 ENGINE_WATCH_INTERVAL = 2.0  # s between engine pings (/health reports the result)
 
 
+def keyring(config: Config) -> KeyRing:
+    """The keys this server accepts; one made (and where it is logged) if none is configured."""
+    ring, generated = KeyRing.open(
+        state_dir=config.state_dir, env_keys=[key.get_secret_value() for key in config.api_keys],
+        key_file=config.key_file_path, required=config.auth,
+        default_quota=Quota(config.key_max_sessions, config.key_starts_per_minute))
+    if generated is not None:
+        log.warning("api_key_generated", file=str(generated),
+                    hint=f"no API key was configured: clients send the one in {generated} as X-API-Key")
+    if not config.auth:
+        log.warning("authentication_off", host=config.host, hint="any local process may use this server")
+    return ring
+
+
 def create_app(config: Config, *, backend: Backend | None = None) -> web.Application:
     """The ORS server. Without `backend`, it connects to the local Docker engine on start-up."""
-    app = web.Application(
-        middlewares=[request_context, errors_to_http, redirect_bare_paths], client_max_size=config.max_body_bytes
-    )
+    middlewares = [request_context, errors_to_http, authenticate(api.public_paths), redirect_bare_paths]
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[CONFIG] = config
+    app[KEYRING] = keyring(config)
     app.add_routes(api.routes)
 
     async def sandbox(app: web.Application) -> AsyncIterator[None]:

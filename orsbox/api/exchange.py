@@ -15,9 +15,10 @@ from typing import Any, Generic, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ..auth import Principal
 from ..errors import BadRequest, BodyTooLarge, InvalidBody, MissingSessionId
 from ..sessions import Session
-from .keys import SESSIONS
+from .keys import SESSIONS, principal
 from .responses import json_response
 
 B = TypeVar("B")
@@ -37,8 +38,12 @@ class Exchange(Generic[B]):
         return self.request.app
 
     @property
-    def api_key(self) -> str | None:
-        return api_key(self.request)
+    def principal(self) -> Principal:
+        return principal(self.request)
+
+    @property
+    def owner(self) -> str:
+        return principal(self.request).owner
 
     @property
     def session(self) -> Session:
@@ -55,7 +60,7 @@ def bind(handler: Handler, *, body: type[BaseModel] | None, session: bool,
     async def handle(request: web.Request) -> web.StreamResponse:
         raw = await read_json(request) if body is not None else None
         sid = session_id(request) if session else ""
-        ready = await request.app[SESSIONS].ready(sid, api_key(request)) if gated else None
+        ready = await request.app[SESSIONS].ready(sid, principal(request).owner) if gated else None
         parsed = validate(body, raw) if body is not None else None
         answer = await handler(Exchange(request, parsed, sid, ready))
         if isinstance(answer, web.StreamResponse):
@@ -96,10 +101,6 @@ def validate(model: type[BaseModel], data: Any) -> Any:
         errors = [{**error, "loc": ["body", *error["loc"]]} for error in exc.errors(include_url=False)]
         # FastAPI's encoder turns the exception objects in `ctx` into {}: do the same.
         raise InvalidBody(json.loads(json.dumps(errors, default=lambda _: {}))) from None
-
-
-def api_key(request: web.Request) -> str | None:
-    return request.headers.get("X-API-Key")
 
 
 def session_id(request: web.Request) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..auth import KeyRing, Principal
 from ..backends.backend import Backend
 from ..catalog import Catalog
 from ..config import Config
@@ -13,3 +14,11 @@ CONFIG = web.AppKey("config", Config)
 BACKEND = web.AppKey("backend", Backend)
 CATALOG = web.AppKey("catalog", Catalog)
 SESSIONS = web.AppKey("sessions", SessionManager)
+KEYRING = web.AppKey("keyring", KeyRing)
+
+PRINCIPAL = web.RequestKey("principal", Principal)  # set by the `authenticate` middleware
+
+
+def principal(request: web.Request) -> Principal:
+    """Who sent `request` (every route but /health has one)."""
+    return request[PRINCIPAL]

@@ -1,16 +1,18 @@
-"""Request middleware: log context, bare-path redirects, and the one place errors become HTTP.
+"""Request middleware: log context, the one place errors become HTTP, authentication, bare-path redirects.
 
 Every error answer is JSON `{"detail": ...}`, never a traceback.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from ..errors import NotReady, OrsboxError
-from .keys import CATALOG
+from .keys import CATALOG, KEYRING, PRINCIPAL
 from .responses import json_response
 
 log = structlog.get_logger()
@@ -55,6 +57,19 @@ async def errors_to_http(request: web.Request, handler: Handler) -> web.StreamRe
     except Exception:
         log.exception("unhandled_error", path=request.path)
         return json_error(500, "Internal Server Error")
+
+
+def authenticate(public_paths: Collection[str]) -> Middleware:
+    """401 without a valid X-API-Key, before anything else is looked at (even whether the path exists),
+    except on `public_paths`."""
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in public_paths:
+            principal = request.app[KEYRING].authenticate(request.headers.get("X-API-Key"))
+            request[PRINCIPAL] = principal
+            structlog.contextvars.bind_contextvars(key=principal.key_id)
+        return await handler(request)
+    return authenticate
 
 
 @web.middleware

@@ -16,6 +16,7 @@ from ..protocol import ErrorAnswer, ValidationErrorAnswer
 from .exchange import Handler, bind
 
 REF_TEMPLATE = "#/components/schemas/{model}"
+API_KEY_SCHEME = "ApiKey"
 SSE = "text/event-stream"
 GATED = (404, 410, 500, 502, 503)  # what waiting for a session's readiness can answer
 SSE_EVENT = {  # one event of a stream (schemathesis checks each)
@@ -42,13 +43,18 @@ class Api:
     def __init__(self) -> None:
         self.routes = web.RouteTableDef()
         self.operations: list[Operation] = []
+        self.public_paths: set[str] = set()  # served without an API key
 
     def route(self, method: str, path: str, *, body: type[BaseModel] | None = None, answer: Any = None,
-              session: bool = False, gated: bool = False,
+              session: bool = False, gated: bool = False, public: bool = False,
               errors: tuple[int, ...] = ()) -> Callable[[Handler], Handler]:
-        """Register `handler` at `path`: the one place its body model is named (`gated`: needs a ready session)."""
+        """Register `handler` at `path`: the one place its body model is named (`gated`: needs a ready session;
+        `public`: served without an API key)."""
         def register(handler: Handler) -> Handler:
             statuses = {*errors, *((422,) if body else ()), *((400,) if session or gated else ())}
+            statuses |= set() if public else {401}
+            if public:
+                self.public_paths.add(path)
             statuses |= set(GATED) if gated else set()
             self.operations.append(Operation(method, path, handler, body, answer, session or gated,
                                              tuple(sorted(statuses))))
@@ -75,7 +81,9 @@ def openapi_document(api: Api, *, title: str, version: str) -> dict[str, Any]:
         "info": {"title": title, "version": version,
                  "description": "ORS (Open Reward Standard) server running each session in its own container."},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": {
+            API_KEY_SCHEME: {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
+        "security": [{API_KEY_SCHEME: []}],
     }
 
 
@@ -83,6 +91,8 @@ def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
     doc = inspect.getdoc(op.handler) or op.handler.__name__.replace("_", " ")
     summary, _, description = doc.partition("\n")
     operation: dict[str, Any] = {"operationId": op.handler.__name__, "summary": summary.strip()}
+    if 401 not in op.errors:
+        operation["security"] = []  # public
     if description.strip():
         operation["description"] = description.strip()
     parameters = []
@@ -122,6 +132,6 @@ def _schema(kind: Any, schemas: dict[str, Any]) -> dict[str, Any]:
 
 
 _REASONS = {
-    400: "bad request", 404: "not found", 410: "session ended", 422: "invalid body",
+    400: "bad request", 401: "no valid X-API-Key", 404: "not found", 410: "session ended", 422: "invalid body",
     500: "setup or environment failed", 502: "the sandbox's agent is gone", 503: "still starting (Retry-After)",
 }

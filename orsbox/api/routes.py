@@ -47,7 +47,7 @@ api = Api()
 # ---------------------------------------------------------------- service
 
 
-@api.get("/health", answer=StatusAnswer, errors=(503,))
+@api.get("/health", answer=StatusAnswer, public=True, errors=(503,))
 async def health(x: Exchange[None]) -> Any:
     """`ok`, or 503 while the Docker engine does not answer (watched in the background: never waits on it)."""
     if not x.app[SESSIONS].engine_up:
@@ -141,7 +141,7 @@ async def create(x: Exchange[CreateBody]) -> SidAnswer:
         secrets = parse_secrets(x.request.headers.get("X-Secrets"))
     except ValueError as exc:
         raise BadSecrets(str(exc)) from None
-    x.app[SESSIONS].create(x.sid, x.api_key, env_name=body.env_name, split=body.split, index=body.index,
+    x.app[SESSIONS].create(x.sid, x.principal, env_name=body.env_name, split=body.split, index=body.index,
                            task_spec=body.task_spec, secrets=secrets)
     return SidAnswer(sid=x.sid)
 
@@ -149,14 +149,14 @@ async def create(x: Exchange[CreateBody]) -> SidAnswer:
 @api.post("/ping", answer=StatusAnswer, session=True, errors=(404, 410))
 async def ping(x: Exchange[None]) -> StatusAnswer:
     """Keep the session alive (resets its idle clock)."""
-    x.app[SESSIONS].get(x.sid, x.api_key)
+    x.app[SESSIONS].get(x.sid, x.owner)
     return StatusAnswer(status="ok")
 
 
 @api.post("/delete", answer=SidAnswer, session=True)
 async def delete(x: Exchange[None]) -> SidAnswer:
     """End the episode: tears the environment down and removes its container. Idempotent."""
-    await x.app[SESSIONS].delete(x.sid, x.api_key)
+    await x.app[SESSIONS].delete(x.sid, x.owner)
     return SidAnswer(sid=x.sid)
 
 

@@ -10,6 +10,6 @@
 """
 
 from .manager import SessionManager
-from .session import CallRecord, Session, State, owner_of
+from .session import CallRecord, Session, State
 
-__all__ = ["CallRecord", "Session", "SessionManager", "State", "owner_of"]
+__all__ = ["CallRecord", "Session", "SessionManager", "State"]

@@ -19,7 +19,7 @@ from ..config import Config
 from ..errors import EnvNotFound, OrsboxError
 from .lifecycle import Lifecycle
 from .registry import Registry
-from .session import Session, State, owner_of
+from .session import Session, State
 
 log = structlog.get_logger()
 
@@ -60,6 +60,8 @@ class Adoption:
         """Reconnect to a left-over session sandbox; the reason it cannot be adopted, or None."""
         if leftover.role != "session" or not leftover.session_id:
             return f"not a session container ({leftover.role})"
+        if not leftover.owner:
+            return "it has no owner label"
         if not leftover.running:
             return f"the container is {leftover.status}"
         try:
@@ -81,7 +83,7 @@ class Adoption:
         if sandbox.hello.state != "ready":
             await sandbox.channel.close()
             return f"its agent is {sandbox.hello.state!r}"
-        session = Session(id=leftover.session_id, env=env, task={}, owner=leftover.owner or owner_of(None),
+        session = Session(id=leftover.session_id, env=env, task={}, owner=leftover.owner,
                           created=time.monotonic() - age, state=State.READY)
         session.sandbox_future = asyncio.get_running_loop().create_future()
         session.sandbox_future.set_result(sandbox)

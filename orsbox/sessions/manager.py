@@ -12,6 +12,7 @@ import json
 
 import structlog
 
+from ..auth import Principal
 from ..backends.backend import Backend
 from ..catalog import Catalog
 from ..config import Config
@@ -22,7 +23,7 @@ from .calls import Calls
 from .lifecycle import Lifecycle
 from .reaper import Reaper
 from .registry import Registry
-from .session import CallRecord, Session, State, owner_of
+from .session import CallRecord, Session, State
 from .tasks import Tasks
 
 log = structlog.get_logger()
@@ -82,7 +83,7 @@ class SessionManager:
 
     # -- sessions ---------------------------------------------------------------
 
-    def create(self, sid: str, api_key: str | None, *, env_name: str | None, split: str | None = None,
+    def create(self, sid: str, principal: Principal, *, env_name: str | None, split: str | None = None,
                index: int | None = None, task_spec: JSONObject | None = None,
                secrets: dict[str, str] | None = None) -> Session:
         """Register the session and start its sandbox in the background; answers at once.
@@ -96,20 +97,20 @@ class SessionManager:
             size = len(json.dumps(task_spec, ensure_ascii=False, separators=(",", ":")).encode())
             if size > self.config.max_task_spec_bytes:
                 raise BadRequest(f"task_spec is {size} bytes of JSON; at most {self.config.max_task_spec_bytes}")
-        self.registry.admit(sid, env)
+        self.registry.admit(sid, env, principal)
         task = task_spec if task_spec is not None else env.task(split or "", index or 0)
-        session = Session(id=sid, env=env, task=dict(task), owner=owner_of(api_key))
+        session = Session(id=sid, env=env, task=dict(task), owner=principal.owner)
         self.lifecycle.begin(session, secrets or {})
-        log.info("session_created", session_id=sid, env=env.name, task_id=task.get("id"))
+        log.info("session_created", session_id=sid, env=env.name, task_id=task.get("id"), key=principal.key_id)
         return session
 
-    def get(self, sid: str, api_key: str | None) -> Session:
-        """The live session `sid` of this API key; 410 with the reason if it ended, else 404."""
-        return self.registry.get(sid, api_key)
+    def get(self, sid: str, owner: str) -> Session:
+        """The live session `sid` of `owner`; 410 with the reason if it ended, else 404."""
+        return self.registry.get(sid, owner)
 
-    async def ready(self, sid: str, api_key: str | None) -> Session:
+    async def ready(self, sid: str, owner: str) -> Session:
         """The session, once set up: waits up to `ready_wait` s, then 503."""
-        session = self.registry.get(sid, api_key)
+        session = self.registry.get(sid, owner)
         if session.state is State.STARTING:
             try:
                 await asyncio.wait_for(session.settled.wait(), self.config.ready_wait)
@@ -123,9 +124,9 @@ class SessionManager:
             raise session.error
         return session
 
-    async def delete(self, sid: str, api_key: str | None) -> None:
-        """End the session if it is live and ours; deleting twice or an unknown id is fine."""
-        session = self.registry.owned(sid, api_key)
+    async def delete(self, sid: str, owner: str) -> None:
+        """End the session if it is live and `owner`'s; deleting twice or an unknown id is fine."""
+        session = self.registry.owned(sid, owner)
         if session is not None:
             await self.lifecycle.end(session, "deleted by the client")
 

@@ -1,6 +1,7 @@
 """The registry: live sessions by id, recently ended ids (410 with the reason), and admission.
 
-Admission bounds live sessions (server-wide and per environment: 429) and queues
+Admission bounds live sessions (server-wide, per environment and per API key: 429), creates per
+key per minute (429 with the wait in Retry-After), and queues
 sandbox starts (`max_starting` at once, server-wide and per environment), so a
 create storm cannot overload the engine.
 """
@@ -8,12 +9,15 @@ create storm cannot overload the engine.
 from __future__ import annotations
 
 import asyncio
+import collections
+import math
 import time
 
+from ..auth import Principal
 from ..catalog import EnvironmentInfo
 from ..config import Config
 from ..errors import SessionExists, SessionGone, SessionNotFound, TooManySessions
-from .session import Session, owner_of
+from .session import Session
 
 
 class Registry:
@@ -23,16 +27,39 @@ class Registry:
         self.ended: dict[str, tuple[str, float]] = {}  # sid -> (reason, when)
         self.starts = asyncio.Semaphore(config.max_starting)
         self._starts_by_env: dict[str, asyncio.Semaphore] = {}
+        self._creates_by_owner: dict[str, collections.deque[float]] = {}
 
-    def admit(self, sid: str, env: EnvironmentInfo) -> None:
-        """Refuse a session that exists already, or one past the server's or the environment's limit."""
+    def admit(self, sid: str, env: EnvironmentInfo, principal: Principal) -> None:
+        """Refuse a session that exists already, or one past the server's, the environment's or the key's limit.
+
+        Another key's session id answers 404, as every other route does for it: ids are not revealed.
+        """
         if sid in self.live:
-            raise SessionExists()
+            raise SessionExists() if self.live[sid].owner == principal.owner else SessionNotFound()
+        self._admit_for_key(principal)
         if len(self.live) >= self.config.max_sessions:
             raise TooManySessions(f"orsbox is at its limit of {self.config.max_sessions} live sessions; retry later")
         limit = env.policy.max_sessions
         if limit is not None and sum(s.env.name == env.name for s in self.live.values()) >= limit:
             raise TooManySessions(f"environment {env.name!r} is at its limit of {limit} live sessions; retry later")
+
+    def _admit_for_key(self, principal: Principal) -> None:
+        quota = principal.quota
+        owned = sum(s.owner == principal.owner for s in self.live.values())
+        if quota.max_sessions is not None and owned >= quota.max_sessions:
+            raise TooManySessions(f"this API key is at its limit of {quota.max_sessions} live sessions; "
+                                  "end one or retry later")
+        if quota.starts_per_minute is not None:
+            now = time.monotonic()
+            creates = self._creates_by_owner.setdefault(principal.owner, collections.deque())
+            while creates and now - creates[0] >= 60:
+                creates.popleft()
+            if len(creates) >= quota.starts_per_minute:
+                error = TooManySessions(f"this API key is at its limit of {quota.starts_per_minute} "
+                                        "new sessions per minute; retry later")
+                error.retry_after = max(1, math.ceil(60 - (now - creates[0])))
+                raise error
+            creates.append(now)
 
     def env_starts(self, env: EnvironmentInfo) -> asyncio.Semaphore:
         """The environment's own limit on sandboxes coming up at once (default: the global one)."""
@@ -53,9 +80,9 @@ class Registry:
         """Forget a live session without ending it (its container stays for the next run to adopt)."""
         self.live.pop(session.id, None)
 
-    def get(self, sid: str, api_key: str | None) -> Session:
-        """The live session `sid` of this API key; 410 with the reason if it ended, else 404."""
-        session = self.owned(sid, api_key)
+    def get(self, sid: str, owner: str) -> Session:
+        """The live session `sid` of `owner`; 410 with the reason if it ended, else 404."""
+        session = self.owned(sid, owner)
         if session is None:
             if sid in self.ended and sid not in self.live:
                 raise self.gone(sid)
@@ -63,9 +90,9 @@ class Registry:
         session.touch()
         return session
 
-    def owned(self, sid: str, api_key: str | None) -> Session | None:
+    def owned(self, sid: str, owner: str) -> Session | None:
         session = self.live.get(sid)
-        return session if session is not None and session.owner == owner_of(api_key) else None
+        return session if session is not None and session.owner == owner else None
 
     def gone(self, sid: str) -> SessionGone:
         reason = self.ended.get(sid, ("ended",))[0]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -35,7 +34,7 @@ class Session:
     id: str
     env: EnvironmentInfo
     task: JSONObject
-    owner: str
+    owner: str  # the Principal's owner: an HMAC naming the API key, never the key
     created: float = field(default_factory=time.monotonic)
     last_active: float = field(default_factory=time.monotonic)
     state: State = State.STARTING
@@ -71,8 +70,3 @@ class Session:
 
     def log_context(self) -> dict[str, str]:
         return {"session_id": self.id, "env": self.env.name}
-
-
-def owner_of(api_key: str | None) -> str:
-    """Sessions are bound to a hash of the API key that created them (missing = empty)."""
-    return hashlib.sha256((api_key or "").encode()).hexdigest()[:16]

@@ -105,7 +105,7 @@ async def test_an_adopted_allowlist_session_gets_its_proxy_back_after_a_crash(
 ) -> None:
     first = server_factory()
     sid = str(uuid.uuid4())
-    async with aiohttp.ClientSession(first.url) as http:
+    async with first.client() as http:
         created = await http.post("/create", json={"env_name": "bash", "split": "train", "index": 0},
                                   headers={"X-Session-ID": sid})
         assert created.status == 200
@@ -120,7 +120,7 @@ async def test_an_adopted_allowlist_session_gets_its_proxy_back_after_a_crash(
 
     second = server_factory()
     assert '"session_adopted"' in second.log()
-    async with aiohttp.ClientSession(second.url) as http:
+    async with second.client() as http:
         assert await fetch_through_the_proxy(http, sid, f"http://{web_server.ip}/") == [200]
     second.signal(signal.SIGKILL)
 

@@ -11,3 +11,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RUN_ID = uuid.uuid4().hex[:8]
 NODE_ID = f"test-{RUN_ID}"
+#: The API key every test server accepts (ORSBOX_API_KEYS) and every test client sends.
+API_KEY = f"test-key-{uuid.uuid4().hex}"
+AUTH = {"X-API-Key": API_KEY}

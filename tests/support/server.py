@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 from typing import IO
 
+import aiohttp
 import httpx
+
+from .run import API_KEY, AUTH
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +36,8 @@ class OrsboxProcess:
         self._log: IO[bytes] | None = None
 
     def start(self, timeout: float = 60) -> OrsboxProcess:
-        env = {**os.environ, "ORSBOX_STATE_DIR": str(self.state_dir), "ORSBOX_NODE_ID": self.node_id}
+        env = {**os.environ, "ORSBOX_STATE_DIR": str(self.state_dir), "ORSBOX_NODE_ID": self.node_id,
+               "ORSBOX_API_KEYS": API_KEY}
         self._log = self.log_path.open("ab")
         command = [sys.executable, "-m", "orsbox.cli", "serve", "--port", str(self.port), *self.args]
         self.proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self._log)
@@ -47,6 +51,10 @@ class OrsboxProcess:
                 pass
             time.sleep(0.05)
         raise AssertionError(f"orsbox did not become healthy: {self.log()[-3000:]}")
+
+    def client(self, **session: object) -> aiohttp.ClientSession:
+        """A client session of this server that sends the test key."""
+        return aiohttp.ClientSession(self.url, headers=AUTH, **session)  # type: ignore[arg-type]
 
     def signal(self, signum: int, timeout: float = 60) -> int:
         assert self.proc is not None

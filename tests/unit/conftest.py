@@ -14,6 +14,7 @@ from orsbox.config import Config
 
 from ..support.fake_backend import FakeBackend
 from ..support.ors import Ors
+from ..support.run import API_KEY
 
 DEFAULT_POLICY = 'idle_timeout = 900\n'
 
@@ -48,7 +49,8 @@ async def server(aiohttp_client: Any, state_dir: Path, policies: Path,
 
     async def start(**overrides: Any) -> Ors[TestClient[Any, Any]]:
         settings: dict[str, Any] = {"state_dir": state_dir, "node_id": "fake", "policies_dir": policies,
-                                    "default_environment": "echo", "shutdown_timeout": 10, **overrides}
+                                    "default_environment": "echo", "shutdown_timeout": 10, "api_keys": [API_KEY],
+                                    **overrides}
         client = await aiohttp_client(create_app(Config(**settings), backend=backend))
         clients.append(client)
         return Ors(client)

@@ -10,10 +10,11 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from orsbox.api.keys import SESSIONS
+from orsbox.api.keys import KEYRING, SESSIONS
 
 from ..support.fake_backend import FakeBackend
 from ..support.ors import Ors
+from ..support.run import API_KEY
 
 Client = Ors[TestClient[Any, Any]]
 
@@ -141,7 +142,7 @@ async def test_a_sweep_removes_sandboxes_no_session_owns(ors: Client, backend: F
     sid = await ors.new_session("echo")
     await ors.prompt(sid, env="echo")
     manager = ors.http.app[SESSIONS]
-    session = manager.get(sid, None)
+    session = manager.get(sid, ors.http.app[KEYRING].authenticate(API_KEY).owner)
     manager.registry.release(session)  # as if a removal had failed: the sandbox outlives its session
     await manager.sweep()
     assert not backend.sandboxes

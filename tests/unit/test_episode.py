@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from ..support.fake_backend import FakeBackend
 from ..support.ors import Ors, parse_sse
+from ..support.run import API_KEY
 
 Client = Ors[TestClient[Any, Any]]
 
@@ -117,12 +118,13 @@ async def test_session_errors(ors: Client, method: str, path: str, body: Any, he
     assert "detail" in answer and (detail is None or answer == {"detail": detail})
 
 
-async def test_an_id_is_taken_once_and_belongs_to_its_key(ors: Client) -> None:
+async def test_an_id_is_taken_once_and_belongs_to_its_key(server: Any) -> None:
+    ors = await server(api_keys=[API_KEY, "a-second-key"])
     sid = await ors.new_session("echo")
     again = await ors.http.post("/create", json={"env_name": "echo", "split": "train", "index": 0},
                                 headers={"X-Session-ID": sid})
     assert again.status == 400 and await again.json() == {"detail": "Session already exists"}
-    other = {"X-Session-ID": sid, "X-API-Key": "someone-else"}
+    other = {"X-Session-ID": sid, "X-API-Key": "a-second-key"}
     assert (await ors.http.get("/echo/prompt", headers=other)).status == 404
     assert (await ors.http.post("/delete", headers=other)).status == 200  # not theirs: nothing happens
     assert (await ors.http.post("/ping", headers={"X-Session-ID": sid})).status == 200
@@ -188,6 +190,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_the_server_goes_on(ser
     reader, writer = await asyncio.open_connection(host, port)
     body = json.dumps({"name": "big", "input": {"size": 40_000_000}}).encode()
     writer.write(b"POST /echo/call HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"X-API-Key: " + API_KEY.encode() + b"\r\n"
                  b"X-Session-ID: " + sid.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
     await writer.drain()
     await asyncio.sleep(4)  # read nothing: the server's writes stall, then it gives up on this client
