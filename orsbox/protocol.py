@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -95,26 +96,36 @@ def list_tools_answer(tools: list[JSONObject]) -> JSONObject:
     }
 
 
-def parse_secrets(header: str | None) -> dict[str, str]:
+@dataclass(frozen=True)
+class Secret:
+    """One `X-Secrets` entry: its value, and where the client allows it to be sent (None: anywhere)."""
+
+    value: str
+    allowed_domains: tuple[str, ...] | None = None
+
+
+def parse_secrets(header: str | None) -> dict[str, Secret]:
     """The `X-Secrets` header: base64 of JSON `{"NAME": {"value": "...", "allowed_domains": [...]}}`.
 
-    Returns `{NAME: value}`. Raises ValueError with a message that never
-    contains a secret.
+    Raises ValueError with a message that never contains a secret.
     """
     if header is None or not header.strip():
         return {}
     try:
         decoded = json.loads(base64.b64decode(header.strip(), validate=True))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):
         raise ValueError("X-Secrets header is not base64-encoded JSON") from None
     if not isinstance(decoded, dict):
         raise ValueError("X-Secrets header must encode a JSON object")
-    secrets: dict[str, str] = {}
+    secrets: dict[str, Secret] = {}
     for name, entry in decoded.items():
         value = entry.get("value") if isinstance(entry, dict) else None
         if not isinstance(value, str):
-            raise ValueError(f"X-Secrets entry {name!r} must be an object with a string 'value'")
-        secrets[name] = value
+            raise ValueError(f"X-Secrets entry {name[:100]!r} must be an object with a string 'value'")
+        domains = entry.get("allowed_domains")
+        if domains is not None and not (isinstance(domains, list) and all(isinstance(d, str) for d in domains)):
+            raise ValueError(f"X-Secrets entry {name[:100]!r}: allowed_domains must be a list of domain names")
+        secrets[name] = Secret(value, None if domains is None else tuple(d.strip().lower() for d in domains))
     return secrets
 
 

@@ -40,7 +40,7 @@ ROUTES = [(op.method, op.path) for op in api.operations if op.path != "/openapi.
 
 
 def operations(url: str) -> dict[tuple[str, str], Any]:
-    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", headers=AUTH)
     return {(op.method.upper(), op.path): op for op in (result.ok() for result in schema.get_all_operations())}
 
 

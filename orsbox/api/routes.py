@@ -7,6 +7,7 @@ routes 404/410/503/500 → body fields 422) before a handler runs.
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from typing import Any
 
@@ -141,8 +142,11 @@ async def create(x: Exchange[CreateBody]) -> SidAnswer:
         secrets = parse_secrets(x.request.headers.get("X-Secrets"))
     except ValueError as exc:
         raise BadSecrets(str(exc)) from None
+    key = x.request.headers.get("X-API-Key") or ""
+    client_keys = frozenset(name for name, secret in secrets.items()
+                            if key and hmac.compare_digest(secret.value.encode(), key.encode()))
     x.app[SESSIONS].create(x.sid, x.principal, env_name=body.env_name, split=body.split, index=body.index,
-                           task_spec=body.task_spec, secrets=secrets)
+                           task_spec=body.task_spec, secrets=secrets, client_keys=client_keys)
     return SidAnswer(sid=x.sid)
 
 

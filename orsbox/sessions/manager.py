@@ -17,12 +17,13 @@ from ..backends.backend import Backend
 from ..catalog import Catalog
 from ..config import Config
 from ..errors import BadRequest, NotReady, ShuttingDown
-from ..protocol import JSONObject
+from ..protocol import JSONObject, Secret
 from .adoption import Adoption
 from .calls import Calls
 from .lifecycle import Lifecycle
 from .reaper import Reaper
 from .registry import Registry
+from .secrets import secrets_for_session
 from .session import CallRecord, Session, State
 from .tasks import Tasks
 
@@ -85,10 +86,11 @@ class SessionManager:
 
     def create(self, sid: str, principal: Principal, *, env_name: str | None, split: str | None = None,
                index: int | None = None, task_spec: JSONObject | None = None,
-               secrets: dict[str, str] | None = None) -> Session:
+               secrets: dict[str, Secret] | None = None, client_keys: frozenset[str] = frozenset()) -> Session:
         """Register the session and start its sandbox in the background; answers at once.
 
-        The task is `task_spec` if given, else the environment's task at `split`/`index`.
+        The task is `task_spec` if given, else the environment's task at `split`/`index`. Secrets go to
+        the environment as far as their `allowed_domains` allow (`client_keys`: those holding the caller's key).
         """
         if self.lifecycle.closing:
             raise ShuttingDown()
@@ -97,10 +99,11 @@ class SessionManager:
             size = len(json.dumps(task_spec, ensure_ascii=False, separators=(",", ":")).encode())
             if size > self.config.max_task_spec_bytes:
                 raise BadRequest(f"task_spec is {size} bytes of JSON; at most {self.config.max_task_spec_bytes}")
+        given = secrets_for_session(secrets or {}, env.policy, client_keys=client_keys)
         self.registry.admit(sid, env, principal)
         task = task_spec if task_spec is not None else env.task(split or "", index or 0)
         session = Session(id=sid, env=env, task=dict(task), owner=principal.owner)
-        self.lifecycle.begin(session, secrets or {})
+        self.lifecycle.begin(session, given)
         log.info("session_created", session_id=sid, env=env.name, task_id=task.get("id"), key=principal.key_id)
         return session
 

@@ -61,8 +61,10 @@ class FakeBackend:
     runtimes: dict[str, list[str]] = {"runc": []}  # noqa: RUF012 (the Backend protocol's attribute)
     agent_digest = "fake"
 
-    def __init__(self, environments: dict[str, str] | None = None, *, start_delay: float = 0.0) -> None:
+    def __init__(self, environments: dict[str, str] | None = None, *, start_delay: float = 0.0,
+                 networks: bool = False) -> None:
         self.environments = environments or ENVIRONMENTS
+        self.networks = networks  # accept policies with a network (the agent still runs with the host's)
         self.start_delay = start_delay  # s, before each start (a slow engine)
         self.fail_starts: str | None = None  # set: every start fails with this message (a broken engine)
         self.engine_up = True
@@ -141,7 +143,7 @@ class FakeBackend:
         return None
 
     def network_problem(self) -> str | None:
-        return "the fake backend gives sessions no networks"
+        return None if self.networks else "the fake backend gives sessions no networks"
 
     async def ping(self) -> bool:
         return self.engine_up

@@ -15,7 +15,8 @@ from .run import NODE_ID
 
 
 def managed_containers(engine: docker.DockerClient) -> list[Any]:
-    return list(engine.containers.list(all=True, filters={"label": ["orsbox.managed=1", f"orsbox.node={NODE_ID}"]}))
+    return list(engine.containers.list(all=True, ignore_removed=True,  # one removed meanwhile is not an error
+                                       filters={"label": ["orsbox.managed=1", f"orsbox.node={NODE_ID}"]}))
 
 
 def managed_networks(engine: docker.DockerClient) -> list[Any]:
@@ -23,7 +24,7 @@ def managed_networks(engine: docker.DockerClient) -> list[Any]:
 
 
 def session_containers(engine: docker.DockerClient, sid: str) -> list[Any]:
-    return list(engine.containers.list(all=True,
+    return list(engine.containers.list(all=True, ignore_removed=True,
                                        filters={"label": [f"orsbox.session={sid}", f"orsbox.node={NODE_ID}"]}))
 
 
