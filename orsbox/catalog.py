@@ -5,11 +5,17 @@ tools and tasks are read once per image id, by running the image's agent in
 describe mode in a locked-down container, and cached on disk under
 `<state_dir>/catalog/<image id>-<agent digest>.json` (toolsets live in the agent
 package). Discovery calls are answered from memory: no container per discovery call.
+
+Images are untrusted: only those with a tag matching one of ops' `image_patterns` (default
+`orsbox/*`, what `orsbox build` makes) become environments, and an image's `orsbox.policy` label
+may only name a policy ops listed in `label_policies` (an image naming another is not served).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,13 +84,21 @@ class Catalog:
 
     @classmethod
     async def load(cls, backend: Backend, policies: PolicySet, cache_dir: Path,
-                   default: str | None = None, only: list[str] | None = None) -> Catalog:
+                   default: str | None = None, only: list[str] | None = None, *,
+                   image_patterns: Sequence[str] = ("orsbox/*",),
+                   label_policies: Collection[str] = ()) -> Catalog:
         """Find environment images (all, or those named in `only`) and read (or recall) their discovery data."""
         cache_dir.mkdir(parents=True, exist_ok=True)
         environments: dict[str, EnvironmentInfo] = {}
         wanted = {name.strip().lower() for name in only} if only else None
-        for image in _newest_per_name(await backend.list_environment_images()):
+        images = [image for image in await backend.list_environment_images() if _admitted(image, image_patterns)]
+        for image in _newest_per_name(images):
             if wanted is not None and image.name not in wanted:
+                continue
+            if image.policy_name is not None and image.policy_name not in label_policies:
+                log.error("environment_unavailable", env=image.name, image=image.tags[0],
+                          reason=f"its orsbox.policy label names {image.policy_name[:100]!r}, which images may not "
+                                 f"choose (allowed: {sorted(label_policies) or 'none'}; ORSBOX_LABEL_POLICIES)")
                 continue
             policy = policies.resolve(image.name, image.policy_name)
             try:
@@ -110,6 +124,17 @@ class Catalog:
             return self._environments[name.lower()]
         except KeyError:
             raise EnvNotFound(f"unknown environment {name!r}") from None
+
+
+def _admitted(image: EnvironmentImage, patterns: Sequence[str]) -> bool:
+    """Whether a tag of `image` matches a pattern (a glob on `repository:tag`, or on the repository alone)."""
+    for tag in image.tags:
+        repository = tag.rsplit(":", 1)[0] if ":" in tag.rsplit("/", 1)[-1] else tag
+        if any(fnmatch.fnmatchcase(tag, p) or fnmatch.fnmatchcase(repository, p) for p in patterns):
+            return True
+    log.info("environment_image_ignored", env=image.name, image=image.tags[0] if image.tags else image.image_id[:19],
+             reason=f"no tag matches the image patterns {list(patterns)} (ORSBOX_IMAGE_PATTERNS)")
+    return False
 
 
 def _newest_per_name(images: list[EnvironmentImage]) -> list[EnvironmentImage]:

@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-sessions", type=int, help="live sessions at most (default 64); then /create is 429")
     serve.add_argument("--keep-sessions", action="store_true", default=None,
                        help="at shutdown, leave ready sessions running for the next start to adopt (rolling restart)")
+    serve.add_argument("--image-pattern", dest="image_patterns", action="append",
+                       help="serve only images whose repository[:tag] matches this glob (repeatable; "
+                            "env ORSBOX_IMAGE_PATTERNS=a,b; default orsbox/*)")
+    serve.add_argument("--label-policy", dest="label_policies", action="append",
+                       help="a policy an image's orsbox.policy label may name (repeatable; env ORSBOX_LABEL_POLICIES)")
     serve.add_argument("--keys-file", type=Path,
                        help="keys file (env ORSBOX_KEYS_FILE; default <state dir>/api_keys.json)")
     serve.add_argument("--no-auth", dest="auth", action="store_false", default=None,
@@ -121,7 +126,8 @@ def serve_command(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, policies_dir=args.policies_dir, state_dir=args.state_dir,
         default_environment=args.default_environment, idle_timeout=args.idle_timeout, environments=args.environments,
         max_sessions=args.max_sessions, keep_sessions=args.keep_sessions, adopt=args.adopt,
-        keys_file=args.keys_file, auth=args.auth,
+        keys_file=args.keys_file, auth=args.auth, image_patterns=args.image_patterns,
+        label_policies=args.label_policies,
     )
     with InstanceLock.acquire(config.state_dir, config.node_id) as lock:  # before the engine: no second sweeper
         log.info("starting", host=config.host, port=config.port, version=__version__, node_id=config.node_id,
@@ -141,7 +147,8 @@ async def envs_command(args: argparse.Namespace) -> int:
     backend = await DockerBackend.connect(state_dir=config.state_dir, node_id=config.node_id,
                                           timeout=config.docker_timeout, pool_size=config.docker_pool)
     try:
-        catalog = await Catalog.load(backend, PolicySet.load(config.policies_dir), config.state_dir / "catalog")
+        catalog = await Catalog.load(backend, PolicySet.load(config.policies_dir), config.state_dir / "catalog",
+                                     image_patterns=config.image_patterns, label_policies=config.label_policies)
     finally:
         await backend.close()
     if not catalog.names():

@@ -47,6 +47,9 @@ class Config(BaseModel):
     keys_file: Path | None = Field(None, description="keys file of salted digests; default <state_dir>/api_keys.json")
     key_max_sessions: int | None = Field(None, ge=1, description="live sessions per API key at most (429 past it)")
     key_starts_per_minute: int | None = Field(None, ge=1, description="creates per API key per minute (429 past it)")
+    image_patterns: list[str] = Field(["orsbox/*"], min_length=1,
+                                      description="globs on image repository[:tag]: only matching images are served")
+    label_policies: list[str] = Field([], description="policies an image's orsbox.policy label may name")
     adopt: bool = Field(True, description="at start-up, serve again the sessions a previous run left running")
     keep_sessions: bool = Field(False, description="at shutdown, leave session containers for the next run")
 
@@ -73,6 +76,8 @@ class Config(BaseModel):
             "node_id": os.environ.get("ORSBOX_NODE_ID"),
             "api_keys": _names(os.environ.get("ORSBOX_API_KEYS")),
             "keys_file": os.environ.get("ORSBOX_KEYS_FILE"),
+            "image_patterns": _names(os.environ.get("ORSBOX_IMAGE_PATTERNS")),
+            "label_policies": _names(os.environ.get("ORSBOX_LABEL_POLICIES")),
         }
         values: dict[str, Any] = {k: v for k, v in env.items() if v is not None}
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -76,3 +76,26 @@ async def test_a_broken_environment_is_skipped_with_its_reason(aiohttp_client: A
     assert "bash" in names and "cachetest" not in names
     [unavailable] = [e for e in events if e["event"] == "environment_unavailable"]
     assert unavailable["env"] == "cachetest" and "broken on purpose" in unavailable["reason"]
+
+
+async def test_an_image_from_elsewhere_is_not_served_until_ops_allow_it(aiohttp_client: Any, config: Config,
+                                                                        cachetest: Path,
+                                                                        engine: docker.DockerClient) -> None:
+    """A third party's image labelled as an environment, tagged outside orsbox/*, or naming a policy."""
+    built = build_images(cachetest, ["cachetest"], client=engine, progress=lambda line: None)
+    image = next(image for image in built if image.name == "cachetest")
+    engine.images.get(image.tag).tag("thirdparty/cachetest", "latest")
+    try:
+        for local in engine.images.list(name="orsbox/cachetest"):
+            for tag in local.tags:
+                if tag.startswith("orsbox/cachetest"):
+                    engine.images.remove(tag)  # only the third party's tag is left
+        client = await aiohttp_client(create_app(config))
+        assert "cachetest" not in await (await client.get("/list_environments")).json()
+        await client.close()
+        allowed = config.model_copy(update={"image_patterns": ["orsbox/*", "thirdparty/*"]})
+        client = await aiohttp_client(create_app(allowed))
+        assert "cachetest" in await (await client.get("/list_environments")).json()
+        await client.close()
+    finally:
+        engine.images.remove("thirdparty/cachetest:latest", force=True)

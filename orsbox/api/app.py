@@ -59,7 +59,8 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         policies.require_runtimes(runtime_check(app[BACKEND].runtimes))  # refuse to start half-configured
         policies.require_network(app[BACKEND].network_problem())
         app[CATALOG] = await Catalog.load(app[BACKEND], policies, config.state_dir / "catalog",
-                                          config.default_environment, only=config.environments)
+                                          config.default_environment, only=config.environments,
+                                          image_patterns=config.image_patterns, label_policies=config.label_policies)
         if not app[CATALOG].names():
             log.warning("no_environments", hint="build the example images: orsbox build")
         yield

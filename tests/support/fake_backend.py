@@ -65,6 +65,7 @@ class FakeBackend:
                  networks: bool = False) -> None:
         self.environments = environments or ENVIRONMENTS
         self.networks = networks  # accept policies with a network (the agent still runs with the host's)
+        self.policy_labels: dict[str, str] = {}  # environment -> its image's orsbox.policy label
         self.start_delay = start_delay  # s, before each start (a slow engine)
         self.fail_starts: str | None = None  # set: every start fails with this message (a broken engine)
         self.engine_up = True
@@ -73,7 +74,8 @@ class FakeBackend:
         self._ids = itertools.count(1)
 
     async def list_environment_images(self) -> list[EnvironmentImage]:
-        return [EnvironmentImage(name=name, image_id=f"fake:{name}", entrypoint=entrypoint, policy_name=None,
+        return [EnvironmentImage(name=name, image_id=f"fake:{name}", entrypoint=entrypoint,
+                                 policy_name=self.policy_labels.get(name),
                                  tags=(f"fake/{name}:latest",), created="0")
                 for name, entrypoint in self.environments.items()]
 

@@ -50,6 +50,7 @@ async def server(aiohttp_client: Any, state_dir: Path, policies: Path,
     async def start(**overrides: Any) -> Ors[TestClient[Any, Any]]:
         settings: dict[str, Any] = {"state_dir": state_dir, "node_id": "fake", "policies_dir": policies,
                                     "default_environment": "echo", "shutdown_timeout": 10, "api_keys": [API_KEY],
+                                    "image_patterns": ["fake/*"],
                                     **overrides}
         client = await aiohttp_client(create_app(Config(**settings), backend=backend))
         clients.append(client)
