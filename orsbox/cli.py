@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("names", nargs="*", help="images to build (default: all)")
     build.add_argument("--images-dir", type=Path, default=Path("images"))
     build.add_argument("--force", action="store_true", help="rebuild even if current")
+    build.add_argument("--allow-network", action="append", default=[], metavar="NAME",
+                       help="let NAME's build use the network, if its build.toml asks (repeatable); "
+                            "builds run without network otherwise")
 
     envs = commands.add_parser("envs", help="the environments this machine can serve, with their tasks and tools",
                                parents=[logging_options])
@@ -195,7 +198,8 @@ def build_command(args: argparse.Namespace) -> int:
     from .images import ImageBuildError, build_images
 
     try:
-        results = build_images(args.images_dir, args.names or None, force=args.force)
+        results = build_images(args.images_dir, args.names or None, force=args.force,
+                               allow_network=args.allow_network)
     except ImageBuildError as exc:
         print(f"orsbox build: {exc.detail}", file=sys.stderr)
         return 1

@@ -38,10 +38,12 @@ from orsbox.images import (
     vendoring,
 )
 from orsbox.images import base as base_recipe
+from orsbox.images.build import build_network
 
 REPO_IMAGES = Path(__file__).resolve().parents[1] / "images"
 TEST_NAME = "imgtest"
 FAIL_NAME = "imgtestfail"
+NET_NAME = "imgtestnet"
 TEST_DOCKERFILE = """\
 ARG BASE_IMAGE=orsbox/base:latest
 FROM ${BASE_IMAGE}
@@ -279,10 +281,10 @@ def _remove_repository(client: docker.DockerClient, name: str) -> None:
 
 @pytest.fixture
 def cleanup(client: docker.DockerClient) -> Iterator[None]:
-    for name in (TEST_NAME, FAIL_NAME):
+    for name in (TEST_NAME, FAIL_NAME, NET_NAME):
         _remove_repository(client, name)
     yield
-    for name in (TEST_NAME, FAIL_NAME):
+    for name in (TEST_NAME, FAIL_NAME, NET_NAME):
         _remove_repository(client, name)
 
 
@@ -352,6 +354,48 @@ def test_env_image_build_skip_and_rebuild(
     (_, forced) = build_images(images_dir, [TEST_NAME], client=client, force=True,
                                progress=lambda _: None)
     assert forced.built and forced.tag == first.tag
+
+
+def _network_probe_image(images_dir: Path, build_toml: str | None) -> Path:
+    """An image whose build records the network interfaces its RUN step sees (a step of its own per
+    variant: the engine's layer cache does not key on the network)."""
+    context = images_dir / NET_NAME
+    context.mkdir(exist_ok=True)
+    (context / "Dockerfile").write_text("ARG BASE_IMAGE=orsbox/base:latest\nFROM ${BASE_IMAGE}\n"
+                                        f"RUN ls /sys/class/net > /opt/interfaces  # {build_toml!r}\n")
+    if build_toml is not None:
+        (context / "build.toml").write_text(build_toml)
+    return context
+
+
+def _interfaces(client: docker.DockerClient, tag: str) -> list[str]:
+    output = client.containers.run(tag, ["cat", "/opt/interfaces"], network_disabled=True, remove=True)
+    return output.decode().split()
+
+
+@pytest.mark.docker
+def test_builds_run_without_network_unless_the_image_asks_and_the_operator_agrees(
+    client: docker.DockerClient, base: BuiltImage, tmp_path: Path, cleanup: None
+) -> None:
+    images_dir = _make_images_dir(tmp_path)
+    _network_probe_image(images_dir, None)
+    (_, offline) = build_images(images_dir, [NET_NAME], client=client, progress=lambda _: None)
+    assert _interfaces(client, offline.tag) == ["lo"]
+
+    _network_probe_image(images_dir, 'network = true\nreason = "fetches its data set"\n')
+    with pytest.raises(ImageBuildError) as refused:
+        build_images(images_dir, [NET_NAME], client=client, progress=lambda _: None)
+    assert "fetches its data set" in str(refused.value) and f"--allow-network {NET_NAME}" in str(refused.value)
+
+    (_, online) = build_images(images_dir, [NET_NAME], client=client, progress=lambda _: None,
+                               allow_network=[NET_NAME])
+    assert "lo" in _interfaces(client, online.tag) and len(_interfaces(client, online.tag)) > 1
+
+
+def test_a_malformed_build_toml_names_the_file(tmp_path: Path) -> None:
+    context = _network_probe_image(_make_images_dir(tmp_path), "network = 'yes please'\nspeed = 3\n")
+    with pytest.raises(ImageBuildError, match=r"build\.toml"):
+        build_network(context, NET_NAME, allowed=True)
 
 
 @pytest.mark.docker

@@ -2,17 +2,20 @@
 
 An environment image is every directory ``images/<name>/`` that holds a ``Dockerfile``,
 built with ``BASE_IMAGE`` set to the exact base tag, from a copy with its wheels
-vendored when it has a ``requirements.txt`` (vendoring.py).
+vendored when it has a ``requirements.txt`` (vendoring.py), and without network unless its
+``build.toml`` asks for it and the operator agrees (``orsbox build --allow-network NAME``).
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+import tomllib
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import docker
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ImageBuildError
 from .base import ensure_base
@@ -21,6 +24,16 @@ from .hashing import BASE, context_inputs_hash, hash_tag
 from .vendoring import vendored_context
 
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+BUILD_SETTINGS = "build.toml"  # in an image folder: what its build needs
+
+
+class BuildSettings(BaseModel):
+    """An image folder's `build.toml`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    network: bool = Field(False, description="its RUN steps need network (the operator must agree)")
+    reason: str = Field("", max_length=500, description="why, shown to the operator")
 
 
 def build_images(
@@ -30,6 +43,7 @@ def build_images(
     client: docker.DockerClient | None = None,
     progress: Progress = print,
     force: bool = False,
+    allow_network: Collection[str] = (),
 ) -> list[BuiltImage]:
     """Build the images *names* (all when None) from *images_dir*, base first.
 
@@ -39,6 +53,10 @@ def build_images(
     asked.  Images that are current are skipped (``built=False``) unless
     *force*, which rebuilds the images asked for (all when *names* is None)
     but not the base when it is merely a dependency.
+
+    Builds run without network; an image whose folder asks for it (``build.toml``:
+    ``network = true``) gets it only if named in *allow_network* (the operator
+    agrees), else its build is refused before it starts.
     """
     images_dir = Path(images_dir)
     envs = _resolve_env_names(image_names(images_dir), names)
@@ -47,10 +65,25 @@ def build_images(
         base = ensure_base(engine, images_dir, force=force_base, progress=progress)
         results = [base]
         for name in envs:
-            results.append(
-                _ensure_env(engine, images_dir / name, name, base, force=force, progress=progress)
-            )
+            results.append(_ensure_env(engine, images_dir / name, name, base, force=force,
+                                       progress=progress, allow_network=name in allow_network))
     return results
+
+
+def build_network(context: Path, name: str, *, allowed: bool) -> bool:
+    """Whether *name*'s build gets network: its ``build.toml`` asks (``network = true``) and the operator agreed."""
+    path = context / BUILD_SETTINGS
+    if not path.is_file():
+        return False
+    try:
+        settings = BuildSettings.model_validate(tomllib.loads(path.read_text()))
+    except (tomllib.TOMLDecodeError, ValidationError, UnicodeDecodeError) as exc:
+        raise ImageBuildError(f"{path}: {exc}") from None
+    if settings.network and not allowed:
+        raise ImageBuildError(
+            f"{name}'s build asks for network ({path}: {settings.reason or 'no reason given'}); builds run "
+            f"without it unless you agree: orsbox build --allow-network {name}")
+    return settings.network
 
 
 def image_names(images_dir: Path) -> list[str]:
@@ -93,6 +126,7 @@ def _ensure_env(
     *,
     force: bool,
     progress: Progress,
+    allow_network: bool,
 ) -> BuiltImage:
     """Build ``orsbox/<name>`` from *context* on *base* unless it is current."""
     inputs_hash = context_inputs_hash(context, base.image_id)
@@ -100,9 +134,11 @@ def _ensure_env(
         found = current(client, name, inputs_hash, progress)
         if found is not None:
             return found
+    network = build_network(context, name, allowed=allow_network)
     started = time.monotonic()
     with vendored_context(client, context, name, base, progress) as build_context:
-        progress(f"docker build {hash_tag(name, inputs_hash)} from {context} on {base.tag}…")
+        progress(f"docker build {hash_tag(name, inputs_hash)} from {context} on {base.tag}"
+                 f"{' with network' if network else ''}…")
         docker_build(client, name, build_context, inputs_hash,
-                     buildargs={"BASE_IMAGE": base.tag}, progress=progress)
+                     buildargs={"BASE_IMAGE": base.tag}, progress=progress, network=network)
     return finish(client, name, inputs_hash, started, progress)

@@ -105,13 +105,18 @@ def docker_build(
     *,
     buildargs: dict[str, str],
     progress: Progress,
+    network: bool = False,
 ) -> None:
-    """``docker build`` *context* as *name*'s hash tag, streaming lines prefixed by *name*."""
+    """``docker build`` *context* as *name*'s hash tag, streaming lines prefixed by *name*.
+
+    Its ``RUN`` steps have no network unless *network* (the image asked, and the operator agreed).
+    """
     output: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     try:
         stream = client.api.build(
             path=str(context), tag=hash_tag(name, inputs_hash), buildargs=buildargs,
             labels={LABEL_INPUTS: inputs_hash}, rm=True, forcerm=True, decode=True,
+            network_mode="default" if network else "none",
         )
         for chunk in stream:
             _report_chunk(name, chunk, output, progress)
