@@ -93,6 +93,20 @@ class Unauthorized(OrsboxError):
     status, code = 401, "unauthorized"
 
 
+class ImageRefused(OrsboxError):
+    """A sandbox's image is not one ops allow."""
+
+    status, code = 403, "image_refused"
+
+
+class Forbidden(OrsboxError):
+    status, code = 403, "forbidden"
+
+
+class RangeNotSatisfiable(OrsboxError):
+    status, code = 416, "range_not_satisfiable"
+
+
 class NotFound(OrsboxError):
     status, code = 404, "not_found"
 

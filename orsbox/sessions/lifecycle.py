@@ -48,7 +48,10 @@ class Lifecycle:
                         self.backend.start(spec, timeout=policy.setup_timeout), session)
                     sandbox = await asyncio.shield(session.sandbox_future)
                 sandbox.channel.on_close(lambda: self._agent_gone(session))
-                await sandbox.channel.call(Method.SETUP, {"task": session.task, "secrets": secrets})
+                params: dict[str, object] = {"task": session.task, "secrets": secrets}
+                if session.sandbox_env is not None:
+                    params["sandbox"] = {"env": session.sandbox_env}
+                await sandbox.channel.call(Method.SETUP, params)
             session.task = {}  # the agent holds it now; a big task spec must not stay in the server's memory
         except TimeoutError:
             self._fail(session, SetupFailed(f"TimeoutError: setup did not finish within {policy.setup_timeout:.0f} s"))

@@ -14,7 +14,7 @@ import structlog
 
 from ..auth import Principal
 from ..backends.backend import Backend
-from ..catalog import Catalog
+from ..catalog import Catalog, EnvironmentInfo
 from ..config import Config
 from ..errors import BadRequest, NotReady, ShuttingDown
 from ..protocol import JSONObject, Secret
@@ -105,6 +105,16 @@ class SessionManager:
         session = Session(id=sid, env=env, task=dict(task), owner=principal.owner)
         self.lifecycle.begin(session, given)
         log.info("session_created", session_id=sid, env=env.name, task_id=task.get("id"), key=principal.key_id)
+        return session
+
+    def create_sandbox(self, sid: str, principal: Principal, env: EnvironmentInfo, variables: dict[str, str]) -> Session:
+        """Register an openreward sandbox of `env` (its image and sized policy) and start it in the background."""
+        if self.lifecycle.closing:
+            raise ShuttingDown()
+        self.registry.admit(sid, env, principal)
+        session = Session(id=sid, env=env, task={}, owner=principal.owner, sandbox_env=variables)
+        self.lifecycle.begin(session, {})
+        log.info("sandbox_created", session_id=sid, env=env.name, image=env.image.tags[0][:200], key=principal.key_id)
         return session
 
     def get(self, sid: str, owner: str) -> Session:
