@@ -13,8 +13,8 @@ import pytest
 
 import orsbox.agent
 from orsbox.agent import TaskTable, TextBlock
-from orsbox.agent.runtime import service
-from orsbox.agent.runtime.processes import RUNNER, CommandLimits
+from orsbox.agent.runtime import processes, procfs, service
+from orsbox.agent.runtime.processes import RUNNER, CommandLimits, Runner
 from orsbox.backends.docker.engine import stage_agent
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +54,29 @@ async def test_teardown_kills_the_processes_of_the_policys_command_uid(monkeypat
     assert await agent.teardown({}) == {}
     assert killed == [4321]
 
+
+
+def test_a_pid_reused_since_it_was_listed_is_not_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The agent may kill any process: a pid listed as the command user's that is another process's by the
+    # time it is signalled (a grader, a thread of the agent; here a process of the test's) is spared.
+    other = subprocess.Popen(["sleep", "30"])
+    monkeypatch.setattr(procfs, "user_pids", lambda uid: [other.pid] if uid == 4321 else [])
+    try:
+        procfs.kill_processes(4321, rounds=2)
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+
+async def test_programs_never_run_as_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the clean-up before and after a program kills every process of its uid: for root, the agent's own
+    killed: list[int] = []
+    monkeypatch.setattr(processes, "kill_processes", lambda uid, **_: killed.append(uid) or True)
+    with pytest.raises(ValueError, match="never run as root"):
+        await Runner().run_program(["true"], uid=0, gid=0)
+    assert killed == []
 
 def test_the_whole_agent_package_is_staged_without_bytecode(tmp_path: Path) -> None:
     source = Path(orsbox.agent.__file__).parent
