@@ -25,7 +25,7 @@ copy of the agent's memory (task data, secrets).
 import ctypes
 import errno
 import os
-from typing import Iterable, NoReturn, Tuple
+from typing import Iterable, List, NoReturn, Tuple
 
 # linux/capability.h
 CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_SETPCAP = 5, 6, 7, 8
@@ -81,14 +81,14 @@ def confine(keep: Iterable[int] = AGENT_CAPABILITIES) -> None:
 
 def bounding_set(libc: ctypes.CDLL) -> Tuple[int, ...]:
     """The capabilities still in this thread's bounding set."""
-    held, cap = [], 0
-    while True:
+    held: List[int] = []
+    for cap in range(64):  # the sets are 64 bits
         answer = libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0)
         if answer < 0:  # EINVAL: past the kernel's last capability
-            return tuple(held)
+            break
         if answer == 1:
             held.append(cap)
-        cap += 1
+    return tuple(held)
 
 
 def capabilities(libc: ctypes.CDLL) -> Sets:
