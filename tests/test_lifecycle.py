@@ -45,7 +45,7 @@ async def test_the_container_is_hardened(ors: Ors, engine: docker.DockerClient) 
     [container] = session_containers(engine, sid)
     host = container.attrs["HostConfig"]
     assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True and host["Init"] is True
-    assert host["CapDrop"] == ["ALL"] and sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETUID"]
+    assert host["CapDrop"] == ["ALL"] and sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETPCAP", "SETUID"]
     assert "no-new-privileges" in host["SecurityOpt"]
     assert host["PidsLimit"] == 256 and host["Memory"] == host["MemorySwap"] == 1024**3
     assert container.attrs["NetworkSettings"]["Ports"] in ({}, None)

@@ -60,7 +60,7 @@ def test_output_capture_never_splits_a_character() -> None:
 
 def test_policy_maps_to_the_hardened_container() -> None:
     settings = container_settings(SandboxPolicy())
-    assert settings["cap_drop"] == ["ALL"] and settings["cap_add"] == ["SETUID", "SETGID", "KILL"]
+    assert settings["cap_drop"] == ["ALL"] and settings["cap_add"] == ["SETUID", "SETGID", "KILL", "SETPCAP"]
     assert settings["security_opt"] == ["no-new-privileges", f"seccomp={seccomp_profile()}"]
     assert settings["read_only"] is True and settings["runtime"] == "runc" and settings["shm_size"] == 64 * 1024**2
     assert settings["network_mode"] == "none" and settings["init"] is True

@@ -15,6 +15,7 @@ import sys
 from typing import List, Optional
 
 from .layout import SOCKET_DIR, SOCKET_NAME
+from .runtime import capabilities
 from .runtime.processes import RUNNER, CommandLimits
 from .runtime.procfs import make_non_dumpable
 from .runtime.service import Agent, describe, load_environment_class, serve
@@ -42,6 +43,7 @@ def run_describe(entrypoint: str) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     make_non_dumpable()  # no ptrace or /proc/<pid>/mem access by the command user
+    capabilities.confine()  # first, before any thread or child: it keeps SETUID, SETGID, KILL; all it starts, none
     RUNNER.configure(CommandLimits(**json.loads(args.limits)))
     if args.mode == "describe":
         return run_describe(args.entrypoint)

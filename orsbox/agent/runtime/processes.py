@@ -1,6 +1,7 @@
 """Running programs as another uid, bounded in time and output: every process the agent starts, starts here.
 
-Runs inside the container as part of the agent (root with only SETUID, SETGID and KILL).
+Runs inside the container as part of the agent (root with only SETUID, SETGID and KILL, and an
+empty capability bounding set: `capabilities.py`).
 `RUNNER`, the agent's one `Runner`, holds the session's limits (the policy's, given once at
 start by `--limits`) and runs:
 
@@ -21,6 +22,12 @@ groups. One that outlives its timeout is killed with its whole process group, it
 output kept and `timed_out` set. Nothing is left behind: once it ends, every process of its
 uid is killed (background jobs, daemons that called setsid; the command user's persistent
 shells spared), so the commands and programs of one uid run one at a time.
+
+Nothing but the drop to the uid runs in a forked child before its exec: Python 3.9+ does it in C
+(`user=`, `group=`, `extra_groups=[]`), 3.8 in a `preexec_fn` that makes three syscalls and nothing
+else (the agent has threads: Python code in its forked child must take no lock). All else a child
+needs it inherits from the agent: the empty bounding, ambient and inheritable sets
+(`capabilities.confine`), so once it is another uid it has no capability and no execve gives it one.
 """
 
 from __future__ import annotations
@@ -273,13 +280,16 @@ class Runner:
     async def run_program(self, argv: Sequence[str], *, uid: int, gid: int, stdin: bytes = b"",
                           timeout: float = 60.0, cwd: str = "/", env: Optional[Dict[str, str]] = None,
                           output_cap: int = 4 * 1024 * 1024) -> ProgramResult:
-        """Run `argv` (no shell) as `uid`/`gid`, with no supplementary groups, in its own session.
+        """Run `argv` (no shell) as `uid`/`gid` (not root), with no supplementary groups, in its own session.
 
         `stdin` is written to it and closed. Past `timeout` (s) it is killed with its group. Once it
         ends, every process of `uid` is killed (for the command user: except its persistent shells),
         so nothing it started outlives it, and programs of one uid run one at a time (with
         `run_command` for the command user). Never raises for what the program does.
         """
+        if uid == 0:
+            raise ValueError("programs never run as root: the clean-up after them would kill every root process, "
+                             "the agent's included")
         async with self.user_lock(uid):
             if uid != self.limits.uid:
                 kill_processes(uid)  # a grader uid starts from nothing: no process left to wait for it
@@ -362,7 +372,11 @@ class Runner:
         return kill_processes(uid, spare_groups=self.shell_groups if uid == self.limits.uid else ())
 
     def drop_privileges(self, uid: Optional[int] = None, gid: Optional[int] = None) -> Dict[str, Any]:
-        """Popen arguments that make the child the command user (or `uid`/`gid`) with no extra groups."""
+        """Popen arguments that make the child the command user (or `uid`/`gid`) with no extra groups.
+
+        Its real, effective and saved ids all change (setreuid(u, u) sets the saved uid too), so it keeps
+        no way back to root; the capabilities it inherited go with the change of uid.
+        """
         to_uid = self.limits.uid if uid is None else uid
         to_gid = self.limits.gid if gid is None else gid
         if sys.version_info >= (3, 9):

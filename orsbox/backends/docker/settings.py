@@ -55,7 +55,9 @@ def container_settings(policy: SandboxPolicy, network: str = SESSION_NETWORK_PLA
         "init": True,
         "user": "0:0",
         "cap_drop": ["ALL"],
-        "cap_add": ["SETUID", "SETGID", "KILL"],  # the agent's drop to the command user, and reaping its processes
+        # the agent's drop to the command user, reaping its processes, and emptying the bounding set of all it
+        # starts (SETPCAP: the agent drops it too, first thing; agent/runtime/capabilities.py)
+        "cap_add": ["SETUID", "SETGID", "KILL", "SETPCAP"],
         "security_opt": ["no-new-privileges", f"seccomp={seccomp_profile()}"],
         "read_only": True,
         "tmpfs": {
