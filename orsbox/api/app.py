@@ -14,8 +14,9 @@ from ..backends.docker.settings import runtime_check
 from ..catalog import Catalog
 from ..config import Config
 from ..policy import PolicySet
+from ..sandbox_api.routes import MAX_RUN_BODY, sandbox_api
 from ..sessions import SessionManager
-from .keys import BACKEND, CATALOG, CONFIG, KEYRING, SESSIONS
+from .keys import BACKEND, CATALOG, CONFIG, KEYRING, POLICIES, SESSIONS
 from .middleware import authenticate, errors_to_http, redirect_bare_paths, request_context
 from .routes import api
 
@@ -41,10 +42,12 @@ def keyring(config: Config) -> KeyRing:
 def create_app(config: Config, *, backend: Backend | None = None) -> web.Application:
     """The ORS server. Without `backend`, it connects to the local Docker engine on start-up."""
     middlewares = [request_context, errors_to_http, authenticate(api.public_paths), redirect_bare_paths]
-    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
+    # Each route reads its body within its own limit (exchange.read_body); this is only the ceiling.
+    app = web.Application(middlewares=middlewares, client_max_size=max(config.max_body_bytes, MAX_RUN_BODY))
     app[CONFIG] = config
     app[KEYRING] = keyring(config)
     app.add_routes(api.routes)
+    app.add_routes(sandbox_api.routes)
 
     async def sandbox(app: web.Application) -> AsyncIterator[None]:
         app[BACKEND] = backend or await DockerBackend.connect(
@@ -55,7 +58,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
             await app[BACKEND].close()
 
     async def catalog(app: web.Application) -> AsyncIterator[None]:
-        policies = PolicySet.load(config.policies_dir)
+        app[POLICIES] = policies = PolicySet.load(config.policies_dir)
         policies.require_runtimes(runtime_check(app[BACKEND].runtimes))  # refuse to start half-configured
         policies.require_network(app[BACKEND].network_problem())
         app[CATALOG] = await Catalog.load(app[BACKEND], policies, config.state_dir / "catalog",

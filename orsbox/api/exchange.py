@@ -7,6 +7,7 @@ routes (404/410/503/500) → body fields (422) → the handler, which gets an
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,10 +19,12 @@ from pydantic import BaseModel, ValidationError
 from ..auth import Principal
 from ..errors import BadRequest, BodyTooLarge, InvalidBody, MissingSessionId
 from ..sessions import Session
-from .keys import SESSIONS, principal
+from .keys import CONFIG, SESSIONS, principal
 from .responses import json_response
 
 B = TypeVar("B")
+
+DECODE_OFF_LOOP = 256 * 1024  # bytes of JSON from which a body is decoded in a thread
 
 
 @dataclass(frozen=True)
@@ -54,14 +57,16 @@ class Exchange(Generic[B]):
 Handler = Callable[[Exchange[Any]], Awaitable[Any]]
 
 
-def bind(handler: Handler, *, body: type[BaseModel] | None, session: bool,
-         gated: bool) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def bind(handler: Handler, *, body: type[BaseModel] | None, session: bool, gated: bool,
+         max_body: int | None = None, raw_body: bool = False) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The aiohttp handler for `handler`: parse, check, call, serialize."""
     async def handle(request: web.Request) -> web.StreamResponse:
-        raw = await read_json(request) if body is not None else None
+        limit = max_body or request.app[CONFIG].max_body_bytes
+        raw = await read_json(request, limit) if body is not None else None
+        data = await read_body(request, limit) if raw_body else None
         sid = session_id(request) if session else ""
         ready = await request.app[SESSIONS].ready(sid, principal(request).owner) if gated else None
-        parsed = validate(body, raw) if body is not None else None
+        parsed = validate(body, raw) if body is not None else data
         answer = await handler(Exchange(request, parsed, sid, ready))
         if isinstance(answer, web.StreamResponse):
             return answer
@@ -72,19 +77,32 @@ def bind(handler: Handler, *, body: type[BaseModel] | None, session: bool,
     return handle
 
 
-async def read_json(request: web.Request) -> Any:
-    """The body as JSON, or 422 shaped as FastAPI's."""
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body's bytes, or 413 as soon as it is known to be longer than `limit`."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    """The body as JSON, or 422 shaped as FastAPI's; a large body is decoded off the event loop."""
     if request.content_type not in ("application/json", "") and not request.content_type.endswith("+json"):
+        text = (await read_body(request, limit)).decode(errors="replace")
         raise InvalidBody([{"type": "model_attributes_type", "loc": ["body"],
                             "msg": "Input should be a valid dictionary or object to extract fields from",
-                            "input": (await request.text())[:200]}])
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise BodyTooLarge(f"the request body is larger than {request.client_max_size} bytes") from None
+                            "input": text[:200]}])
+    raw = await read_body(request, limit)
     if not raw.strip():
         raise InvalidBody([{"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}])
     try:
+        if len(raw) > DECODE_OFF_LOOP:
+            return await asyncio.get_running_loop().run_in_executor(None, json.loads, raw)
         return json.loads(raw)
     except RecursionError:
         raise BadRequest("the request body's JSON is nested too deeply") from None

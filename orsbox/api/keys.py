@@ -8,11 +8,13 @@ from ..auth import KeyRing, Principal
 from ..backends.backend import Backend
 from ..catalog import Catalog
 from ..config import Config
+from ..policy import PolicySet
 from ..sessions import SessionManager
 
 CONFIG = web.AppKey("config", Config)
 BACKEND = web.AppKey("backend", Backend)
 CATALOG = web.AppKey("catalog", Catalog)
+POLICIES = web.AppKey("policies", PolicySet)
 SESSIONS = web.AppKey("sessions", SessionManager)
 KEYRING = web.AppKey("keyring", KeyRing)
 

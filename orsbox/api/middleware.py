@@ -21,6 +21,7 @@ log = structlog.get_logger()
 ROOT_ROUTES = frozenset({
     "health", "version", "ping", "list_environments", "create", "create_session",
     "delete", "delete_session", "openapi.json", "docs",
+    "create_sandbox", "run", "stat_file", "read_file", "write_file", "set_network",  # the sandbox API
 })
 
 

@@ -47,9 +47,11 @@ class Api:
 
     def route(self, method: str, path: str, *, body: type[BaseModel] | None = None, answer: Any = None,
               session: bool = False, gated: bool = False, public: bool = False,
-              errors: tuple[int, ...] = ()) -> Callable[[Handler], Handler]:
+              errors: tuple[int, ...] = (), max_body: int | None = None,
+              raw_body: bool = False) -> Callable[[Handler], Handler]:
         """Register `handler` at `path`: the one place its body model is named (`gated`: needs a ready session;
-        `public`: served without an API key)."""
+        `public`: served without an API key; `max_body`: its own body limit in bytes, instead of the
+        server's `max_body_bytes`; `raw_body`: the handler gets the body's bytes)."""
         def register(handler: Handler) -> Handler:
             statuses = {*errors, *((422,) if body else ()), *((400,) if session or gated else ())}
             statuses |= set() if public else {401}
@@ -58,7 +60,8 @@ class Api:
             statuses |= set(GATED) if gated else set()
             self.operations.append(Operation(method, path, handler, body, answer, session or gated,
                                              tuple(sorted(statuses))))
-            self.routes.route(method, path)(bind(handler, body=body, session=session or gated, gated=gated))
+            self.routes.route(method, path)(bind(handler, body=body, session=session or gated, gated=gated,
+                                                 max_body=max_body, raw_body=raw_body))
             return handler
 
         return register

@@ -166,7 +166,8 @@ async def delete(x: Exchange[None]) -> SidAnswer:
 
 @api.post("/delete_session", answer=SidAnswer, session=True)
 async def delete_session(x: Exchange[None]) -> SidAnswer:
-    """Accepted for client compatibility; does nothing."""
+    """Ends an openreward sandbox (its client's `stop()`); for an ORS session, accepted and does nothing."""
+    await x.app[SESSIONS].delete_sandbox(x.sid, x.owner)
     return SidAnswer(sid=x.sid)
 
 

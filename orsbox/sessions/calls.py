@@ -52,20 +52,24 @@ class Calls:
 
     def start(self, session: Session, name: str, tool_input: JSONObject) -> CallRecord:
         """Start a tool call that runs to its end even if the client goes away."""
+        return self.start_request(session, Method.CALL_TOOL, {"name": name, "input": tool_input}, label=name)
+
+    def start_request(self, session: Session, method: str, params: JSONObject, *, label: str) -> CallRecord:
+        """Start any agent request the way a tool call runs: to its end, its result kept by `task_id`."""
         record = CallRecord(uuid.uuid4().hex, asyncio.get_running_loop().create_future())
         record.result.add_done_callback(_consume)  # a result nobody reconnects for is not an error
         session.calls[record.task_id] = record
-        self.tasks.spawn(self._run(session, record, name, tool_input), session)
+        self.tasks.spawn(self._run(session, record, method, params, label), session)
         return record
 
     def find(self, session: Session, task_id: str) -> CallRecord | None:
         return session.calls.get(task_id)
 
-    async def _run(self, session: Session, record: CallRecord, name: str, tool_input: JSONObject) -> None:
+    async def _run(self, session: Session, record: CallRecord, method: str, params: JSONObject, name: str) -> None:
         session.running_calls += 1
         started = time.monotonic()
         try:
-            result = await channel_of(session).call(Method.CALL_TOOL, {"name": name, "input": tool_input})
+            result = await channel_of(session).call(method, params)
             if not isinstance(result, dict):
                 raise SandboxError(f"the sandbox's agent answered {name!r} with something that is not an object")
             if session.state is State.ENDED:  # ended under the call: its teardown cut the tool short

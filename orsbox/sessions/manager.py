@@ -19,7 +19,7 @@ from ..config import Config
 from ..errors import BadRequest, NotReady, ShuttingDown
 from ..protocol import JSONObject, Secret
 from .adoption import Adoption
-from .calls import Calls
+from .calls import Calls, channel_of
 from .lifecycle import Lifecycle
 from .reaper import Reaper
 from .registry import Registry
@@ -107,7 +107,8 @@ class SessionManager:
         log.info("session_created", session_id=sid, env=env.name, task_id=task.get("id"), key=principal.key_id)
         return session
 
-    def create_sandbox(self, sid: str, principal: Principal, env: EnvironmentInfo, variables: dict[str, str]) -> Session:
+    def create_sandbox(self, sid: str, principal: Principal, env: EnvironmentInfo,
+                       variables: dict[str, str]) -> Session:
         """Register an openreward sandbox of `env` (its image and sized policy) and start it in the background."""
         if self.lifecycle.closing:
             raise ShuttingDown()
@@ -116,6 +117,14 @@ class SessionManager:
         self.lifecycle.begin(session, {})
         log.info("sandbox_created", session_id=sid, env=env.name, image=env.image.tags[0][:200], key=principal.key_id)
         return session
+
+    def start_request(self, session: Session, method: str, params: JSONObject, *, label: str) -> CallRecord:
+        return self.calls.start_request(session, method, params, label=label)
+
+    async def request(self, session: Session, method: str, params: JSONObject) -> object:
+        """One agent request answered at once (a sandbox's file operations)."""
+        session.touch()
+        return await channel_of(session).call(method, params)
 
     def get(self, sid: str, owner: str) -> Session:
         """The live session `sid` of `owner`; 410 with the reason if it ended, else 404."""
@@ -142,6 +151,12 @@ class SessionManager:
         session = self.registry.owned(sid, owner)
         if session is not None:
             await self.lifecycle.end(session, "deleted by the client")
+
+    async def delete_sandbox(self, sid: str, owner: str) -> None:
+        """End the openreward sandbox `sid` if it is live and `owner`'s (ORS sessions end by /delete only)."""
+        session = self.registry.owned(sid, owner)
+        if session is not None and session.sandbox_env is not None:
+            await self.lifecycle.end(session, "stopped by the client")
 
     # -- the episode --------------------------------------------------------------
 

@@ -193,6 +193,40 @@ class DockerBackend:
             await self._remove_container(container.id)
         return parse_describe_output(image, status, out, errors)
 
+    async def find_image(self, reference: str, *, timeout: float) -> tuple[str, tuple[str, ...]]:
+        """(id, tags) of the image `reference`, pulled first if the engine does not have it (within `timeout` s)."""
+        try:
+            attrs = await self._run("inspect image", self.client.api.inspect_image, reference)
+        except SandboxError as exc:
+            if not isinstance(exc.__cause__, docker.errors.ImageNotFound | docker.errors.NotFound):
+                raise
+            attrs = await self._pull(reference, timeout)
+        return str(attrs["Id"]), tuple(attrs.get("RepoTags") or (reference,))
+
+    async def _pull(self, reference: str, timeout: float) -> dict[str, Any]:
+        repository, _, tag = reference.rpartition(":") if ":" in reference.rsplit("/", 1)[-1] else (
+            reference, "", "latest")
+        log.info("image_pull_started", image=reference[:200])
+
+        def pull() -> None:
+            for event in self.client.api.pull(repository, tag=tag, stream=True, decode=True):
+                if "error" in event:
+                    raise docker.errors.APIError(str(event["error"])[:500])
+                if event.get("status") in ("Downloaded newer image", "Pull complete"):
+                    log.info("image_pull_progress", image=reference[:200], status=event.get("status"))
+
+        try:
+            async with asyncio.timeout(timeout):
+                await self._run(f"pull image {reference[:200]}", pull)
+        except TimeoutError:
+            raise SandboxError(f"image {reference[:200]!r} is not on this engine and could not be pulled "
+                               f"within {timeout:.0f} s") from None
+        except SandboxError as exc:
+            raise SandboxError(f"image {reference[:200]!r} is not on this engine and could not be pulled: "
+                               f"{exc.detail}") from None
+        log.info("image_pulled", image=reference[:200])
+        return dict(await self._run("inspect image", self.client.api.inspect_image, reference))
+
     # -- sessions ------------------------------------------------------------
 
     async def start(self, spec: SandboxSpec, *, timeout: float) -> Sandbox:
