@@ -35,13 +35,11 @@ from urllib.parse import SplitResult, urlsplit
 import structlog
 
 from ...policy import parse_allow_entry
+from .limits import Limits
 
 log = structlog.get_logger()
 
 HEAD_LIMIT = 64 * 1024  # bytes: request line and headers at most
-HEAD_TIMEOUT = 30.0  # s for a client to send its request head
-CONNECT_TIMEOUT = 10.0  # s to reach an upstream address
-MAX_CONNECTIONS = 128  # open connections per session at once; past it: 503
 CHUNK = 64 * 1024  # bytes per read when relaying
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -189,16 +187,18 @@ class EgressProxy:
     """One allowlist session's proxy, listening on `host:port` (its network's gateway)."""
 
     def __init__(self, *, session_id: str, network: str, allow: Sequence[str], host: str, port: int,
-                 pool: ipaddress.IPv4Network) -> None:
+                 pool: ipaddress.IPv4Network, limits: Limits) -> None:
         self.session_id, self.network = session_id, network
         self.allowlist = Allowlist(allow)
         self.host, self.port, self.pool = host, port, pool
+        self.limits = limits
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, host=self.host, port=self.port, limit=HEAD_LIMIT,
                                                   reuse_address=True)
+        self.port = int(self._server.sockets[0].getsockname()[1])  # the one bound, if port 0 was asked
         log.info("egress_proxy_started", session_id=self.session_id, network=self.network,
                  address=f"{self.host}:{self.port}")
 
@@ -216,8 +216,8 @@ class EgressProxy:
         assert task is not None
         self._tasks.add(task)
         try:
-            if len(self._tasks) > MAX_CONNECTIONS:
-                writer.write(answer(503, f"this session has {MAX_CONNECTIONS} connections open already"))
+            if len(self._tasks) > self.limits.connections:
+                writer.write(answer(503, f"this session has {self.limits.connections} connections open already"))
                 await writer.drain()
                 return
             await self._proxy(reader, writer)
@@ -229,7 +229,7 @@ class EgressProxy:
 
     async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.limits.head_timeout)
         except asyncio.LimitOverrunError:
             writer.write(answer(431, f"the request head is larger than {HEAD_LIMIT} bytes"))
             await writer.drain()
@@ -275,7 +275,7 @@ class EgressProxy:
         for address in allowed:
             try:
                 upstream_reader, upstream_writer = await asyncio.wait_for(
-                    asyncio.open_connection(str(address), request.port, limit=CHUNK), CONNECT_TIMEOUT)
+                    asyncio.open_connection(str(address), request.port, limit=CHUNK), self.limits.connect_timeout)
                 return upstream_reader, upstream_writer, str(address)
             except (OSError, TimeoutError) as exc:
                 failures.append(f"{address}: {exc.strerror if isinstance(exc, OSError) else 'timed out'}")

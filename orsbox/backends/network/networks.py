@@ -41,7 +41,7 @@ import structlog
 from ...agent.layout import LABEL_MANAGED, LABEL_NETWORK_MODE, LABEL_NODE, LABEL_SESSION
 from ...errors import SandboxError
 from ...policy import SandboxPolicy
-from . import egress
+from . import egress, limits
 from .modes import PROXY_PORT, SESSION_SUBNET_POOL, SESSION_SUBNET_PREFIX, proxy_environment
 
 log = structlog.get_logger()
@@ -341,7 +341,8 @@ class SessionNetworks:
 
     async def _start_proxy(self, network: SessionNetwork, policy: SandboxPolicy) -> None:
         proxy = egress.EgressProxy(session_id=network.session_id, network=network.name, allow=policy.allow,
-                                   host=str(network.gateway), port=PROXY_PORT, pool=self.pool)
+                                   host=str(network.gateway), port=PROXY_PORT, pool=self.pool,
+                                   limits=limits.DEFAULT_LIMITS)  # read here: tests replace it
         try:
             await proxy.start()
         except OSError as exc:

@@ -1,0 +1,27 @@
+"""How long and how much a session may hold the egress proxy (`egress.py`).
+
+Everything in a session's container may be hostile, so each thing the proxy spends on a session is
+bounded: time (to send a request head, to reach an upstream, a tunnel's idle time and lifetime) and
+connections. The values are fixed facts of the proxy, not ops' policy: they bound an attacker, and a
+well-behaved client (pip, git, curl, urllib) stays far from each of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One session's bounds at the proxy (seconds, connections). Tests make them small."""
+
+    #: s for a client to send its whole request head (request line and headers), however slowly.
+    head_timeout: float = 30.0
+    #: s to reach an upstream address.
+    connect_timeout: float = 10.0
+    #: connections one session may have open at once (each is two file descriptors of the server).
+    connections: int = 128
+
+
+#: What the proxies of a server use.
+DEFAULT_LIMITS = Limits()

@@ -1,0 +1,172 @@
+"""The egress proxy against a hostile session, without Docker.
+
+The proxy listens on loopback with a session's allowlist; its upstream is an echo server of the test's
+own on 127.0.0.1 (it sends back every byte it gets, so a client sees exactly what the upstream received);
+the session is raw sockets. Loopback is refused by the proxy whatever the list says, so these tests let
+it through (and only it) by replacing `egress.refusal`, and `upstream.test` resolves to 127.0.0.1.
+Limits are made small; a guard timeout only keeps a broken proxy from hanging the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import structlog
+
+from orsbox.backends.network import egress
+from orsbox.backends.network.limits import Limits
+from orsbox.backends.network.modes import SESSION_SUBNET_POOL
+
+GUARD = 10.0  # s: a test fails, rather than hangs, when the proxy never answers or never closes
+NAME = "upstream.test"
+
+
+@dataclass
+class Upstream:
+    """An echo server on 127.0.0.1: what each connection received, and how many are still open."""
+
+    port: int = 0
+    received: list[bytearray] = field(default_factory=list)
+    open: int = 0
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    state = Upstream()
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received = bytearray()
+        state.received.append(received)
+        state.open += 1
+        try:
+            while data := await reader.read(65536):
+                received += data
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            state.open -= 1
+            writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    state.port = int(server.sockets[0].getsockname()[1])
+    yield state
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture(autouse=True)
+def loopback_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxy may reach loopback (the upstream's address), and `upstream.test` resolves to it."""
+    real_refusal = egress.refusal
+
+    def refusal(address: egress.IPAddress, pool: ipaddress.IPv4Network) -> str | None:
+        return None if address.is_loopback else real_refusal(address, pool)
+
+    async def resolve(host: str, port: int) -> list[str]:
+        if host == NAME:
+            return ["127.0.0.1"]
+        raise OSError(f"{host} does not resolve in this test")
+
+    monkeypatch.setattr(egress, "refusal", refusal)
+    monkeypatch.setattr(egress, "resolve", resolve)
+
+
+StartProxy = Callable[..., Awaitable[egress.EgressProxy]]
+
+
+@pytest.fixture
+async def proxies(upstream: Upstream) -> AsyncIterator[StartProxy]:
+    """`await proxies(limits=Limits(...), allow=[...], session_id=...)`: a started proxy, closed afterwards."""
+    started: list[egress.EgressProxy] = []
+
+    async def start(*, limits: Limits | None = None, allow: list[str] | None = None,
+                    session_id: str = "s1") -> egress.EgressProxy:
+        proxy = egress.EgressProxy(session_id=session_id, network=f"net-{session_id}",
+                                   allow=allow or [f"{NAME}:{upstream.port}", f"127.0.0.1:{upstream.port}"],
+                                   host="127.0.0.1", port=0, pool=ipaddress.IPv4Network(SESSION_SUBNET_POOL),
+                                   limits=limits or Limits())
+        await proxy.start()
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        await proxy.close()
+
+
+async def connect(proxy: egress.EgressProxy) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(proxy.host, proxy.port)
+
+
+async def until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything the proxy sends until it closes the connection (the guard fails the test otherwise)."""
+    return await asyncio.wait_for(reader.read(), GUARD)
+
+
+async def ask(proxy: egress.EgressProxy, head: bytes) -> bytes:
+    """Send `head` on a new connection, half-close, and return all the proxy answers."""
+    reader, writer = await connect(proxy)
+    writer.write(head)
+    writer.write_eof()
+    try:
+        return await until_closed(reader)
+    finally:
+        writer.close()
+
+
+async def tunnel(proxy: egress.EgressProxy, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A CONNECT tunnel to the upstream, established."""
+    reader, writer = await connect(proxy)
+    writer.write(f"CONNECT {NAME}:{port} HTTP/1.1\r\nHost: {NAME}:{port}\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), GUARD)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return reader, writer
+
+
+def status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [event for event in logs if event["event"] == name]
+
+
+# ---------------------------------------------------------------- what works
+
+
+async def test_a_tunnel_relays_both_ways_and_is_logged(proxies: StartProxy, upstream: Upstream) -> None:
+    proxy = await proxies()
+    with structlog.testing.capture_logs() as logs:
+        reader, writer = await tunnel(proxy, upstream.port)
+        writer.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(4), GUARD) == b"ping"
+        writer.write_eof()  # the half-close is passed on: the upstream ends, then the tunnel
+        assert await until_closed(reader) == b""
+        writer.close()
+        await proxy.close()
+    [done] = events(logs, "egress")
+    assert (done["host"], done["port"], done["sent"], done["received"]) == (NAME, upstream.port, 4, 4)
+
+
+async def test_a_plain_request_goes_on_in_origin_form(proxies: StartProxy, upstream: Upstream) -> None:
+    proxy = await proxies()
+    answer = await ask(proxy, f"GET http://{NAME}:{upstream.port}/a?b=1 HTTP/1.1\r\nHost: {NAME}:{upstream.port}\r\n"
+                              "Proxy-Connection: keep-alive\r\n\r\n".encode())
+    assert answer == f"GET /a?b=1 HTTP/1.1\r\nHost: {NAME}:{upstream.port}\r\nConnection: close\r\n\r\n".encode()
+
+
+async def test_a_host_not_listed_is_refused_and_logged(proxies: StartProxy, upstream: Upstream) -> None:
+    proxy = await proxies()
+    with structlog.testing.capture_logs() as logs:
+        answer = await ask(proxy, b"CONNECT elsewhere.test:443 HTTP/1.1\r\n\r\n")
+    assert status(answer) == 403 and b"not in this session's allowlist" in answer
+    [denied] = events(logs, "egress_denied")
+    assert (denied["session_id"], denied["host"], denied["status"]) == ("s1", "elsewhere.test", 403)
+    assert upstream.received == []
