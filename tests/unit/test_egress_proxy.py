@@ -10,6 +10,7 @@ Limits are made small; a guard timeout only keeps a broken proxy from hanging th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -170,3 +171,39 @@ async def test_a_host_not_listed_is_refused_and_logged(proxies: StartProxy, upst
     [denied] = events(logs, "egress_denied")
     assert (denied["session_id"], denied["host"], denied["status"]) == ("s1", "elsewhere.test", 403)
     assert upstream.received == []
+
+
+# ---------------------------------------------------------------- time
+
+
+async def test_a_client_that_never_completes_its_head_is_answered_408_and_dropped(proxies: StartProxy) -> None:
+    proxy = await proxies(limits=Limits(head_timeout=0.2))
+    reader, writer = await connect(proxy)
+    with structlog.testing.capture_logs() as logs:
+        writer.write(f"CONNECT {NAME}:443 HTTP/1.1\r\n".encode())  # and never the blank line
+        answer = await until_closed(reader)
+    writer.close()
+    assert status(answer) == 408 and b"no complete request head in 0.2 s" in answer
+    [denied] = events(logs, "egress_denied")
+    assert denied["status"] == 408
+
+
+async def test_a_head_sent_a_byte_at_a_time_is_cut_at_the_same_deadline(proxies: StartProxy) -> None:
+    proxy = await proxies(limits=Limits(head_timeout=0.3))
+    reader, writer = await connect(proxy)
+
+    async def drip() -> None:  # slowloris: always one more header byte, never the end of the head
+        writer.write(b"GET http://upstream.test/ HTTP/1.1\r\n")
+        with contextlib.suppress(ConnectionError):
+            while True:
+                writer.write(b"X")
+                await writer.drain()
+                await asyncio.sleep(0.02)
+
+    dripping = asyncio.ensure_future(drip())
+    try:
+        answer = await until_closed(reader)
+    finally:
+        dripping.cancel()
+        writer.close()
+    assert status(answer) == 408

@@ -228,16 +228,9 @@ class EgressProxy:
             writer.close()
 
     async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.limits.head_timeout)
-        except asyncio.LimitOverrunError:
-            writer.write(answer(431, f"the request head is larger than {HEAD_LIMIT} bytes"))
-            await writer.drain()
-            return
-        except (asyncio.IncompleteReadError, TimeoutError):
-            return
         request: Request | None = None
         try:
+            head = await self._read_head(reader)
             request = parse_request(head)
             upstream_reader, upstream_writer, address = await self._open(request)
         except Refused as exc:
@@ -256,6 +249,16 @@ class EgressProxy:
         log.info("egress", session_id=self.session_id, method=request.method, host=request.host,
                  port=request.port, address=address, sent=sent, received=received,
                  seconds=round(time.monotonic() - started, 3))
+
+    async def _read_head(self, reader: asyncio.StreamReader) -> bytes:
+        """The request line and headers, sent within `head_timeout` s in all (slowly sent ones too); raises Refused
+        (and IncompleteReadError when the client leaves first)."""
+        try:
+            return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.limits.head_timeout)
+        except asyncio.LimitOverrunError:
+            raise Refused(431, f"the request head is larger than {HEAD_LIMIT} bytes") from None
+        except TimeoutError:
+            raise Refused(408, f"no complete request head in {self.limits.head_timeout:g} s") from None
 
     async def _open(self, request: Request) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
         """Connect to the first allowed address of the request's host; raises Refused."""

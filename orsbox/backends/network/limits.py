@@ -15,8 +15,9 @@ from dataclasses import dataclass
 class Limits:
     """One session's bounds at the proxy (seconds, connections). Tests make them small."""
 
-    #: s for a client to send its whole request head (request line and headers), however slowly.
-    head_timeout: float = 30.0
+    #: s for a client to send its whole request head (request line and headers), however it spreads the bytes
+    #: (slowloris); then `408`. A real client sends its head at once, in well under a second.
+    head_timeout: float = 5.0
     #: s to reach an upstream address.
     connect_timeout: float = 10.0
     #: connections one session may have open at once (each is two file descriptors of the server).
