@@ -62,6 +62,52 @@ async def upstream() -> AsyncIterator[Upstream]:
     await server.wait_closed()
 
 
+@pytest.fixture
+async def mute_upstream() -> AsyncIterator[Upstream]:
+    """An upstream that accepts and then neither reads, nor sends, nor closes: a half-closed tunnel's other end."""
+    state = Upstream()
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.open += 1
+        held.append(writer)
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # returns when the proxy closes its side
+        state.open -= 1
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    state.port = int(server.sockets[0].getsockname()[1])
+    yield state
+    for writer in held:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
+async def flooding_upstream() -> AsyncIterator[Upstream]:
+    """An upstream that sends without end, for a client that never reads."""
+    state = Upstream()
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.open += 1
+        try:
+            while True:
+                writer.write(b"x" * 65536)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            state.open -= 1
+            writer.close()
+
+    server = await asyncio.start_server(flood, "127.0.0.1", 0)
+    state.port = int(server.sockets[0].getsockname()[1])
+    yield state
+    server.close()
+    await server.wait_closed()
+
+
 @pytest.fixture(autouse=True)
 def loopback_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
     """The proxy may reach loopback (the upstream's address), and `upstream.test` resolves to it."""
@@ -129,6 +175,13 @@ async def tunnel(proxy: egress.EgressProxy, port: int) -> tuple[asyncio.StreamRe
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), GUARD)
     assert head.startswith(b"HTTP/1.1 200 "), head
     return reader, writer
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for `condition` (the guard fails the test if it never holds)."""
+    async with asyncio.timeout(GUARD):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
 def status(answer: bytes) -> int:
@@ -207,3 +260,47 @@ async def test_a_head_sent_a_byte_at_a_time_is_cut_at_the_same_deadline(proxies:
         dripping.cancel()
         writer.close()
     assert status(answer) == 408
+
+
+async def test_an_idle_half_closed_tunnel_is_closed_both_ways(proxies: StartProxy, mute_upstream: Upstream) -> None:
+    proxy = await proxies(limits=Limits(idle_timeout=0.2), allow=[f"{NAME}:{mute_upstream.port}"])
+    with structlog.testing.capture_logs() as logs:
+        reader, writer = await tunnel(proxy, mute_upstream.port)
+        writer.write_eof()  # the client is done; the upstream never answers nor closes
+        assert await until_closed(reader) == b""
+        await until(lambda: mute_upstream.open == 0 and proxy.open_connections == 0)
+    writer.close()
+    [done] = events(logs, "egress")
+    assert done["end"] == "idle"
+
+
+async def test_a_tunnel_that_keeps_talking_is_closed_at_its_lifetime(proxies: StartProxy, upstream: Upstream) -> None:
+    proxy = await proxies(limits=Limits(idle_timeout=5, lifetime=0.3))
+    reader, writer = await tunnel(proxy, upstream.port)
+
+    async def chatter() -> None:  # never idle
+        with contextlib.suppress(ConnectionError):
+            while True:
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.02)
+
+    with structlog.testing.capture_logs() as logs:
+        talking = asyncio.ensure_future(chatter())
+        try:
+            echoed = await until_closed(reader)
+        finally:
+            talking.cancel()
+            writer.close()
+        await until(lambda: upstream.open == 0 and proxy.open_connections == 0)
+    assert echoed and set(echoed) == {ord("x")}
+    [done] = events(logs, "egress")
+    assert done["end"] == "lifetime"
+
+
+async def test_a_client_that_never_reads_is_cut_when_nothing_moves(proxies: StartProxy,
+                                                                   flooding_upstream: Upstream) -> None:
+    proxy = await proxies(limits=Limits(idle_timeout=0.2), allow=[f"{NAME}:{flooding_upstream.port}"])
+    _, writer = await tunnel(proxy, flooding_upstream.port)  # and never read again: the proxy's writes back up
+    await until(lambda: flooding_upstream.open == 0 and proxy.open_connections == 0)
+    writer.close()

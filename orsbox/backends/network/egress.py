@@ -195,6 +195,11 @@ class EgressProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def open_connections(self) -> int:
+        """Connections of the session the proxy holds now (refused ones until their answer is sent)."""
+        return len(self._tasks)
+
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, host=self.host, port=self.port, limit=HEAD_LIMIT,
                                                   reuse_address=True)
@@ -225,7 +230,7 @@ class EgressProxy:
             pass
         finally:
             self._tasks.discard(task)
-            writer.close()
+            close_now(writer)
 
     async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request: Request | None = None
@@ -245,9 +250,13 @@ class EgressProxy:
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         else:
             upstream_writer.write(request.upstream_head)
-        sent, received = await relay(reader, writer, upstream_reader, upstream_writer)
+        try:
+            traffic, end = await relay(reader, writer, upstream_reader, upstream_writer,
+                                       idle=self.limits.idle_timeout, lifetime=self.limits.lifetime)
+        finally:
+            close_now(upstream_writer)
         log.info("egress", session_id=self.session_id, method=request.method, host=request.host,
-                 port=request.port, address=address, sent=sent, received=received,
+                 port=request.port, address=address, sent=traffic.sent, received=traffic.received, end=end,
                  seconds=round(time.monotonic() - started, 3))
 
     async def _read_head(self, reader: asyncio.StreamReader) -> bytes:
@@ -285,29 +294,64 @@ class EgressProxy:
         raise Refused(502, f"{where} cannot be reached ({'; '.join(failures)})")
 
 
+@dataclass
+class Traffic:
+    """What a relay moved: bytes each way, and when the last of them moved (the loop's clock)."""
+
+    sent: int = 0
+    received: int = 0
+    last: float = 0.0
+
+
 async def relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
-                upstream_reader: asyncio.StreamReader, upstream_writer: asyncio.StreamWriter) -> tuple[int, int]:
-    """Copy bytes both ways until both sides are done (half-closes passed on); (bytes sent, bytes received)."""
-    up = asyncio.ensure_future(_pipe(client_reader, upstream_writer))
-    down = asyncio.ensure_future(_pipe(upstream_reader, client_writer))
+                upstream_reader: asyncio.StreamReader, upstream_writer: asyncio.StreamWriter, *,
+                idle: float, lifetime: float) -> tuple[Traffic, str]:
+    """Copy bytes both ways (half-closes passed on) and say how it ended: "closed" (both sides done), "reset"
+    (one side failed), "idle" (no byte moved either way for `idle` s) or "lifetime" (`lifetime` s passed)."""
+    loop = asyncio.get_running_loop()
+    traffic = Traffic(last=loop.time())
+    deadline = traffic.last + lifetime
+    pipes = [asyncio.ensure_future(_pipe(client_reader, upstream_writer, traffic, upstream=True)),
+             asyncio.ensure_future(_pipe(upstream_reader, client_writer, traffic, upstream=False))]
+    pending = set(pipes)
     try:
-        await asyncio.gather(up, down)
-    except (ConnectionError, OSError):
-        pass
+        while pending:
+            now = loop.time()
+            if now >= deadline:
+                return traffic, "lifetime"
+            if now >= traffic.last + idle:
+                return traffic, "idle"
+            done, pending = await asyncio.wait(pending, timeout=min(deadline, traffic.last + idle) - now)
+            if any(task.exception() is not None for task in done):
+                return traffic, "reset"
+        return traffic, "closed"
     finally:
-        for task in (up, down):
+        for task in pipes:
             task.cancel()
-        upstream_writer.close()
-    return (up.result() if up.done() and not up.cancelled() and up.exception() is None else 0,
-            down.result() if down.done() and not down.cancelled() and down.exception() is None else 0)
+        await asyncio.gather(*pipes, return_exceptions=True)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-    total = 0
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, traffic: Traffic, *,
+                upstream: bool) -> None:
+    """Copy `reader` to `writer` until EOF, then pass the EOF on. A write waits for the peer to take what came
+    before (so a side that does not read stops this pipe, and the relay's idle clock runs)."""
+    loop = asyncio.get_running_loop()
     while data := await reader.read(CHUNK):
-        total += len(data)
+        traffic.last = loop.time()
+        if upstream:
+            traffic.sent += len(data)
+        else:
+            traffic.received += len(data)
         writer.write(data)
         await writer.drain()
     if writer.can_write_eof():
         writer.write_eof()
-    return total
+
+
+def close_now(writer: asyncio.StreamWriter) -> None:
+    """Close a connection at once: what the peer has not taken yet is dropped (`close()` alone would keep the
+    socket until a peer that may never read does)."""
+    if writer.transport.get_write_buffer_size():
+        writer.transport.abort()
+    else:
+        writer.close()

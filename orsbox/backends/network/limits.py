@@ -18,6 +18,11 @@ class Limits:
     #: s for a client to send its whole request head (request line and headers), however it spreads the bytes
     #: (slowloris); then `408`. A real client sends its head at once, in well under a second.
     head_timeout: float = 5.0
+    #: s a tunnel (or a plain request's connection) stays open while no byte moves either way, half-closed or
+    #: not, and also when a side stops reading. Clients reconnect; pip's keep-alive connections do.
+    idle_timeout: float = 60.0
+    #: s a tunnel stays open at most, however busy (a download of several GB at the proxy's pace fits).
+    lifetime: float = 3600.0
     #: s to reach an upstream address.
     connect_timeout: float = 10.0
     #: connections one session may have open at once (each is two file descriptors of the server).
