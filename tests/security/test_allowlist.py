@@ -9,6 +9,7 @@ by replacing its resolver; the container itself resolves nothing.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any
 
 import docker
@@ -31,8 +32,8 @@ def names(monkeypatch: pytest.MonkeyPatch, web_server: NetServer) -> dict[str, l
     table = {"allowed.test": [web_server.ip]}
     real = egress.resolve
 
-    async def resolve(host: str, port: int) -> list[str]:
-        return table[host] if host in table else await real(host, port)
+    async def resolve(host: str, port: int, executor: Executor | None = None) -> list[str]:
+        return table[host] if host in table else await real(host, port, executor)
 
     monkeypatch.setattr(egress, "resolve", resolve)
     return table

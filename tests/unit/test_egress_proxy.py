@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 import structlog
 
 from orsbox.backends.network import egress
-from orsbox.backends.network.limits import Limits
+from orsbox.backends.network.limits import Budget, Limits
 from orsbox.backends.network.modes import SESSION_SUBNET_POOL
 
 GUARD = 10.0  # s: a test fails, rather than hangs, when the proxy never answers or never closes
@@ -108,21 +109,48 @@ async def flooding_upstream() -> AsyncIterator[Upstream]:
     await server.wait_closed()
 
 
+Names = dict[str, "list[str] | Callable[[], Awaitable[list[str]]]"]
+
+
 @pytest.fixture(autouse=True)
-def loopback_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The proxy may reach loopback (the upstream's address), and `upstream.test` resolves to it."""
+def names(monkeypatch: pytest.MonkeyPatch) -> Names:
+    """The proxy may reach loopback (the upstreams' address); names resolve as this table says (a list of
+    addresses, or a coroutine function giving them): edit it to add some."""
+    table: Names = {NAME: ["127.0.0.1"]}
     real_refusal = egress.refusal
 
     def refusal(address: egress.IPAddress, pool: ipaddress.IPv4Network) -> str | None:
         return None if address.is_loopback else real_refusal(address, pool)
 
-    async def resolve(host: str, port: int) -> list[str]:
-        if host == NAME:
-            return ["127.0.0.1"]
-        raise OSError(f"{host} does not resolve in this test")
+    async def resolve(host: str, port: int, executor: Any = None) -> list[str]:
+        found = table.get(host)
+        if found is None:
+            raise OSError(f"{host} does not resolve in this test")
+        return found if isinstance(found, list) else await found()
 
     monkeypatch.setattr(egress, "refusal", refusal)
     monkeypatch.setattr(egress, "resolve", resolve)
+    return table
+
+
+@pytest.fixture
+def blackhole() -> Iterator[int]:
+    """A port of 127.0.0.1 where connecting hangs: its listener's accept queue is full and never served."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = int(listener.getsockname()[1])
+    queued = []
+    for _ in range(3):
+        client = socket.socket()
+        client.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            client.connect(("127.0.0.1", port))
+        queued.append(client)
+    yield port
+    for client in queued:
+        client.close()
+    listener.close()
 
 
 StartProxy = Callable[..., Awaitable[egress.EgressProxy]]
@@ -130,15 +158,17 @@ StartProxy = Callable[..., Awaitable[egress.EgressProxy]]
 
 @pytest.fixture
 async def proxies(upstream: Upstream) -> AsyncIterator[StartProxy]:
-    """`await proxies(limits=Limits(...), allow=[...], session_id=...)`: a started proxy, closed afterwards."""
+    """`await proxies(limits=Limits(...), allow=[...], session_id=..., budget=...)`: a started proxy (sharing
+    one budget with the test's others unless given one), closed afterwards."""
     started: list[egress.EgressProxy] = []
+    shared = Budget()
 
-    async def start(*, limits: Limits | None = None, allow: list[str] | None = None,
-                    session_id: str = "s1") -> egress.EgressProxy:
+    async def start(*, limits: Limits | None = None, allow: list[str] | None = None, session_id: str = "s1",
+                    budget: Budget | None = None) -> egress.EgressProxy:
         proxy = egress.EgressProxy(session_id=session_id, network=f"net-{session_id}",
                                    allow=allow or [f"{NAME}:{upstream.port}", f"127.0.0.1:{upstream.port}"],
                                    host="127.0.0.1", port=0, pool=ipaddress.IPv4Network(SESSION_SUBNET_POOL),
-                                   limits=limits or Limits())
+                                   limits=limits or Limits(), budget=budget or shared)
         await proxy.start()
         started.append(proxy)
         return proxy
@@ -146,6 +176,7 @@ async def proxies(upstream: Upstream) -> AsyncIterator[StartProxy]:
     yield start
     for proxy in started:
         await proxy.close()
+    shared.close()
 
 
 async def connect(proxy: egress.EgressProxy) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -304,3 +335,46 @@ async def test_a_client_that_never_reads_is_cut_when_nothing_moves(proxies: Star
     _, writer = await tunnel(proxy, flooding_upstream.port)  # and never read again: the proxy's writes back up
     await until(lambda: flooding_upstream.open == 0 and proxy.open_connections == 0)
     writer.close()
+
+
+async def test_reaching_an_upstream_has_one_deadline_for_all_its_addresses(proxies: StartProxy, names: Names,
+                                                                           blackhole: int) -> None:
+    names["many.test"] = ["127.0.0.1"] * 100  # each one hangs: 100 tries of the whole timeout each, before
+    proxy = await proxies(limits=Limits(connect_timeout=0.2), allow=[f"many.test:{blackhole}"])
+    answer = await ask(proxy, f"CONNECT many.test:{blackhole} HTTP/1.1\r\n\r\n".encode())
+    assert status(answer) == 504 and b"cannot be reached in 0.2 s" in answer
+
+
+async def test_a_name_that_does_not_resolve_in_time_is_a_504(proxies: StartProxy, names: Names) -> None:
+    async def never() -> list[str]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    names["slow.test"] = never
+    proxy = await proxies(limits=Limits(resolve_timeout=0.2), allow=["slow.test:443"])
+    answer = await ask(proxy, b"CONNECT slow.test:443 HTTP/1.1\r\n\r\n")
+    assert status(answer) == 504 and b"slow.test does not resolve in 0.2 s" in answer
+
+
+async def test_a_session_resolves_a_few_names_at_once(proxies: StartProxy, names: Names) -> None:
+    running, most, answered = 0, 0, asyncio.Event()
+
+    async def slow() -> list[str]:  # a lookup that ends when the test says so
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await answered.wait()
+        finally:
+            running -= 1
+        return ["127.0.0.1"]
+
+    names.update({f"n{i}.wild.test": slow for i in range(6)})
+    proxy = await proxies(limits=Limits(lookups=2), allow=["*.wild.test:9"])
+    asking = [asyncio.ensure_future(ask(proxy, f"CONNECT n{i}.wild.test:9 HTTP/1.1\r\n\r\n".encode()))
+              for i in range(6)]
+    await until(lambda: running == 2)
+    await asyncio.sleep(0.2)  # time for the other four to start theirs, if they could
+    assert most == 2
+    answered.set()
+    assert [status(answer) for answer in await asyncio.gather(*asking)] == [502] * 6  # nothing listens on port 9

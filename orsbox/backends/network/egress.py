@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import socket
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import SplitResult, urlsplit
@@ -35,12 +37,13 @@ from urllib.parse import SplitResult, urlsplit
 import structlog
 
 from ...policy import parse_allow_entry
-from .limits import Limits
+from .limits import Budget, Limits
 
 log = structlog.get_logger()
 
 HEAD_LIMIT = 64 * 1024  # bytes: request line and headers at most
 CHUNK = 64 * 1024  # bytes per read when relaying
+MAX_ADDRESSES = 16  # addresses of a name the proxy checks and tries, at most (in the resolver's order)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _HOP_BY_HOP = {"connection", "proxy-connection", "keep-alive", "proxy-authorization", "proxy-authenticate",
@@ -119,11 +122,13 @@ def is_host_address(address: IPAddress) -> bool:
     return True
 
 
-async def resolve(host: str, port: int) -> list[str]:
-    """The addresses of `host`, resolved on the host (an address stands for itself). Tests may replace it."""
+async def resolve(host: str, port: int, executor: Executor | None = None) -> list[str]:
+    """The addresses of `host`, resolved on the host, on `executor`'s threads (an address stands for itself).
+    Tests may replace it."""
     with contextlib.suppress(ValueError):
         return [str(ipaddress.ip_address(host))]
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    lookup = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    infos = await asyncio.get_running_loop().run_in_executor(executor, lookup)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
@@ -187,13 +192,15 @@ class EgressProxy:
     """One allowlist session's proxy, listening on `host:port` (its network's gateway)."""
 
     def __init__(self, *, session_id: str, network: str, allow: Sequence[str], host: str, port: int,
-                 pool: ipaddress.IPv4Network, limits: Limits) -> None:
+                 pool: ipaddress.IPv4Network, limits: Limits, budget: Budget) -> None:
         self.session_id, self.network = session_id, network
         self.allowlist = Allowlist(allow)
         self.host, self.port, self.pool = host, port, pool
-        self.limits = limits
+        self.limits, self.budget = limits, budget
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lookup_slots = asyncio.Semaphore(limits.lookups)
+        self._lookups: set[asyncio.Future[list[str]]] = set()  # running, timed out or not
 
     @property
     def open_connections(self) -> int:
@@ -212,7 +219,9 @@ class EgressProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        for task in list(self._tasks):
+        for lookup in self._lookups:
+            lookup.cancel()
+        for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -228,6 +237,8 @@ class EgressProxy:
             await self._proxy(reader, writer)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # the proxy closes; ending here keeps asyncio's stream callback (3.11) from logging it as an error
         finally:
             self._tasks.discard(task)
             close_now(writer)
@@ -274,24 +285,49 @@ class EgressProxy:
         where = f"{request.host}:{request.port}"
         if not self.allowlist.allows(request.host, request.port):
             raise Refused(403, f"{where} is not in this session's allowlist")
-        try:
-            addresses = [ipaddress.ip_address(a) for a in await resolve(request.host, request.port)]
-        except (OSError, ValueError) as exc:
-            raise Refused(502, f"{request.host} does not resolve: {exc}") from None
-        verdicts = [(address, refusal(address, self.pool)) for address in addresses]
+        addresses = [ipaddress.ip_address(a) for a in await self._resolve(request.host, request.port)]
+        verdicts = [(address, refusal(address, self.pool)) for address in addresses[:MAX_ADDRESSES]]
         allowed = [address for address, reason in verdicts if reason is None]
         if not allowed:
             reasons = "; ".join(reason for _, reason in verdicts if reason) or "it has no address"
             raise Refused(403, f"{where} refused: {reasons}")
-        failures = []
-        for address in allowed:
-            try:
-                upstream_reader, upstream_writer = await asyncio.wait_for(
-                    asyncio.open_connection(str(address), request.port, limit=CHUNK), self.limits.connect_timeout)
-                return upstream_reader, upstream_writer, str(address)
-            except (OSError, TimeoutError) as exc:
-                failures.append(f"{address}: {exc.strerror if isinstance(exc, OSError) else 'timed out'}")
+        failures, timeout = [], self.limits.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                for address in allowed:
+                    try:
+                        upstream_reader, upstream_writer = await asyncio.open_connection(
+                            str(address), request.port, limit=CHUNK)
+                        return upstream_reader, upstream_writer, str(address)
+                    except OSError as exc:
+                        failures.append(f"{address}: {exc.strerror or exc}")
+        except TimeoutError:
+            raise Refused(504, f"{where} cannot be reached in {timeout:g} s ({'; '.join(failures) or 'no answer'})"
+                          ) from None
         raise Refused(502, f"{where} cannot be reached ({'; '.join(failures)})")
+
+    async def _resolve(self, host: str, port: int) -> list[str]:
+        """`resolve` on the proxies' lookup threads within `resolve_timeout` s, this session's lookups
+        `limits.lookups` at most at once (one that timed out keeps its place until it ends); raises Refused."""
+        timeout = self.limits.resolve_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self._lookup_slots.acquire()
+                lookup = asyncio.ensure_future(resolve(host, port, self.budget.lookup_threads))
+                self._lookups.add(lookup)
+                lookup.add_done_callback(self._lookup_ended)
+                addresses = await asyncio.shield(lookup)
+            return [str(ipaddress.ip_address(address)) for address in addresses]
+        except TimeoutError:
+            raise Refused(504, f"{host} does not resolve in {timeout:g} s") from None
+        except (OSError, ValueError) as exc:
+            raise Refused(502, f"{host} does not resolve: {exc}") from None
+
+    def _lookup_ended(self, lookup: asyncio.Future[list[str]]) -> None:
+        self._lookups.discard(lookup)
+        self._lookup_slots.release()
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved: a late failure is no warning
 
 
 @dataclass

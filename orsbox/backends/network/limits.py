@@ -8,7 +8,12 @@ well-behaved client (pip, git, curl, urllib) stays far from each of them.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+#: Threads the proxies of a server resolve names on, all sessions together: their own, so that lookups hung on
+#: a slow DNS server never hold the event loop's default executor, which the server needs (agent frames).
+LOOKUP_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -23,7 +28,11 @@ class Limits:
     idle_timeout: float = 60.0
     #: s a tunnel stays open at most, however busy (a download of several GB at the proxy's pace fits).
     lifetime: float = 3600.0
-    #: s to reach an upstream address.
+    #: s to resolve a name (on the host), then `504`.
+    resolve_timeout: float = 5.0
+    #: names one session may be resolving at once (each holds one of the proxies' lookup threads).
+    lookups: int = 4
+    #: s to reach an upstream, all of its addresses tried, then `504`.
     connect_timeout: float = 10.0
     #: connections one session may have open at once (each is two file descriptors of the server).
     connections: int = 128
@@ -31,3 +40,14 @@ class Limits:
 
 #: What the proxies of a server use.
 DEFAULT_LIMITS = Limits()
+
+
+class Budget:
+    """What the proxies of one server share, all sessions together: the lookup threads."""
+
+    def __init__(self) -> None:
+        self.lookup_threads = ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="egress-dns")
+
+    def close(self) -> None:
+        """Let the lookup threads go (a hung lookup is left to end on its own)."""
+        self.lookup_threads.shutdown(wait=False, cancel_futures=True)
