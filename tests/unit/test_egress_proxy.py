@@ -378,3 +378,41 @@ async def test_a_session_resolves_a_few_names_at_once(proxies: StartProxy, names
     assert most == 2
     answered.set()
     assert [status(answer) for answer in await asyncio.gather(*asking)] == [502] * 6  # nothing listens on port 9
+
+
+# ---------------------------------------------------------------- connections
+
+
+async def test_a_session_past_its_connection_limit_is_answered_429(proxies: StartProxy, upstream: Upstream) -> None:
+    proxy = await proxies(limits=Limits(connections=2))
+    tunnels = [await tunnel(proxy, upstream.port) for _ in range(2)]
+    with structlog.testing.capture_logs() as logs:
+        answer = await ask(proxy, f"CONNECT {NAME}:{upstream.port} HTTP/1.1\r\n\r\n".encode())
+    assert status(answer) == 429 and b"this session has 2 connections open already" in answer
+    [denied] = events(logs, "egress_denied")
+    assert (denied["session_id"], denied["status"]) == ("s1", 429)
+    _, writer = tunnels.pop()
+    writer.close()
+    await until(lambda: proxy.open_connections == 1)
+    tunnels.append(await tunnel(proxy, upstream.port))  # a place is free again
+    for _, writer in tunnels:
+        writer.close()
+
+
+async def test_sessions_past_the_servers_connection_limit_are_answered_503(proxies: StartProxy,
+                                                                          upstream: Upstream) -> None:
+    budget = Budget(connections=3)
+    first, second = [await proxies(session_id=sid, budget=budget) for sid in ("s1", "s2")]
+    tunnels = [await tunnel(proxy, upstream.port) for proxy in (first, first, second)]
+    with structlog.testing.capture_logs() as logs:
+        answer = await ask(second, f"CONNECT {NAME}:{upstream.port} HTTP/1.1\r\n\r\n".encode())
+    assert status(answer) == 503 and b"the proxy has 3 connections open" in answer
+    [denied] = events(logs, "egress_denied")
+    assert (denied["session_id"], denied["status"]) == ("s2", 503)
+    _, writer = tunnels.pop(0)
+    writer.close()
+    await until(lambda: first.open_connections == 1)
+    tunnels.append(await tunnel(second, upstream.port))  # the first session's place went back to all
+    for _, writer in tunnels:
+        writer.close()
+    budget.close()

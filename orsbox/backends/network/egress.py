@@ -43,6 +43,7 @@ log = structlog.get_logger()
 
 HEAD_LIMIT = 64 * 1024  # bytes: request line and headers at most
 CHUNK = 64 * 1024  # bytes per read when relaying
+LINGER = 1.0  # s a refused client's further bytes are read (and dropped) before its connection closes
 MAX_ADDRESSES = 16  # addresses of a name the proxy checks and tries, at most (in the resolver's order)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -229,10 +230,18 @@ class EgressProxy:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        counted = False  # in the proxies' budget
         try:
             if len(self._tasks) > self.limits.connections:
-                writer.write(answer(503, f"this session has {self.limits.connections} connections open already"))
-                await writer.drain()
+                await self._deny(reader, writer, Refused(
+                    429, f"this session has {self.limits.connections} connections open already"), None,
+                    linger=len(self._tasks) <= 2 * self.limits.connections)  # past that, closed at once
+                return
+            counted = self.budget.take_connection()
+            if not counted:
+                await self._deny(reader, writer, Refused(
+                    503, f"the proxy has {self.budget.connections} connections open, all sessions together; "
+                         "try again later"), None)
                 return
             await self._proxy(reader, writer)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
@@ -240,6 +249,8 @@ class EgressProxy:
         except asyncio.CancelledError:
             pass  # the proxy closes; ending here keeps asyncio's stream callback (3.11) from logging it as an error
         finally:
+            if counted:
+                self.budget.give_connection()
             self._tasks.discard(task)
             close_now(writer)
 
@@ -250,11 +261,7 @@ class EgressProxy:
             request = parse_request(head)
             upstream_reader, upstream_writer, address = await self._open(request)
         except Refused as exc:
-            log.warning("egress_denied", session_id=self.session_id, status=exc.status, reason=exc.reason,
-                        method=request.method if request else None, host=request.host if request else None,
-                        port=request.port if request else None)
-            writer.write(answer(exc.status, exc.reason))
-            await writer.drain()
+            await self._deny(reader, writer, exc, request)
             return
         started = time.monotonic()
         if request.method == "CONNECT":
@@ -269,6 +276,22 @@ class EgressProxy:
         log.info("egress", session_id=self.session_id, method=request.method, host=request.host,
                  port=request.port, address=address, sent=traffic.sent, received=traffic.received, end=end,
                  seconds=round(time.monotonic() - started, 3))
+
+    async def _deny(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, refused: Refused,
+                    request: Request | None, *, linger: bool = True) -> None:
+        """Log a refusal and answer it; then, if `linger`, take what the client still sends for `LINGER` s at
+        most (closing with unread input resets the connection, and the client may lose the answer)."""
+        log.warning("egress_denied", session_id=self.session_id, status=refused.status, reason=refused.reason,
+                    method=request.method if request else None, host=request.host if request else None,
+                    port=request.port if request else None)
+        writer.write(answer(refused.status, refused.reason))
+        await writer.drain()  # the answer is small: this never waits for the client
+        if linger:
+            writer.write_eof()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LINGER):
+                    while await reader.read(CHUNK):
+                        pass
 
     async def _read_head(self, reader: asyncio.StreamReader) -> bytes:
         """The request line and headers, sent within `head_timeout` s in all (slowly sent ones too); raises Refused
