@@ -9,20 +9,25 @@ Limits are made small; a guard timeout only keeps a broken proxy from hanging th
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import ipaddress
+import resource
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
+from orsbox import cli
 from orsbox.backends.network import egress
 from orsbox.backends.network.limits import Budget, Limits
 from orsbox.backends.network.modes import SESSION_SUBNET_POOL
+from orsbox.errors import InstanceLocked
 
 GUARD = 10.0  # s: a test fails, rather than hangs, when the proxy never answers or never closes
 NAME = "upstream.test"
@@ -416,3 +421,23 @@ async def test_sessions_past_the_servers_connection_limit_are_answered_503(proxi
     for _, writer in tunnels:
         writer.close()
     budget.close()
+
+
+def test_serve_raises_its_open_file_limit_to_the_hard_limit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The proxies' budget is a share of the server's descriptors: `orsbox serve` takes all it may."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowered = min(soft, hard // 2)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+
+    def locked(*args: Any, **kwargs: Any) -> Any:  # serve stops here, before it listens
+        raise InstanceLocked("held in this test", pid=None, path=tmp_path)
+
+    monkeypatch.setattr(cli.InstanceLock, "acquire", locked)
+    options = dict.fromkeys(["host", "port", "policies_dir", "default_environment", "idle_timeout", "environments",
+                             "max_sessions", "keep_sessions", "adopt"])
+    try:
+        with pytest.raises(InstanceLocked):
+            cli.serve_command(argparse.Namespace(state_dir=tmp_path, **options))
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
