@@ -441,3 +441,18 @@ def test_serve_raises_its_open_file_limit_to_the_hard_limit(monkeypatch: pytest.
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# ---------------------------------------------------------------- requests
+
+
+async def test_a_plain_request_whose_host_header_names_another_host_never_leaves(proxies: StartProxy,
+                                                                                 upstream: Upstream) -> None:
+    proxy = await proxies()
+    with structlog.testing.capture_logs() as logs:
+        answer = await ask(proxy, f"GET http://{NAME}:{upstream.port}/ HTTP/1.1\r\nHost: intranet.test\r\n\r\n"
+                                  .encode())
+    assert status(answer) == 400 and b"the Host header (intranet.test)" in answer
+    assert upstream.received == []
+    [denied] = events(logs, "egress_denied")
+    assert (denied["status"], denied["host"]) == (400, NAME)

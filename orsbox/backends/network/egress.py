@@ -26,13 +26,14 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
+import re
 import socket
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from http import HTTPStatus
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -44,6 +45,7 @@ log = structlog.get_logger()
 HEAD_LIMIT = 64 * 1024  # bytes: request line and headers at most
 CHUNK = 64 * 1024  # bytes per read when relaying
 LINGER = 1.0  # s a refused client's further bytes are read (and dropped) before its connection closes
+MAX_HEADERS = 100  # header lines in a request head, at most (then 431)
 MAX_ADDRESSES = 16  # addresses of a name the proxy checks and tries, at most (in the resolver's order)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -55,9 +57,9 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 class Refused(Exception):
     """A request the proxy does not forward: the status it answers and why."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, *, host: str | None = None) -> None:
         super().__init__(reason)
-        self.status, self.reason = status, reason
+        self.status, self.reason, self.host = status, reason, host  # host: the one asked for, if known
 
 
 # ---------------------------------------------------------------- what may be reached
@@ -146,37 +148,79 @@ class Request:
     upstream_head: bytes  # b"" for CONNECT
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a method or a header name (RFC 9110)
+_TARGET = re.compile(r"[\x21-\x7e]+")  # printable ASCII: no space, no control character
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a header value (a tab is allowed)
+_AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\[\]@:/?#\s]+)(?::([0-9]{1,5}))?")
+
+
 def parse_request(head: bytes) -> Request:
-    """`CONNECT host:port` or an absolute-URI `GET http://host[:port]/path`; raises Refused otherwise."""
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise Refused(400, "not an HTTP/1.x request")
-    method, target, version = parts
+    """`CONNECT host:port` or an absolute-URI `GET http://host[:port]/path`, read strictly: anything an upstream
+    might read otherwise than the proxy (a Host header naming another host, folded or malformed header lines,
+    control characters) is refused. Raises Refused."""
+    lines = head.decode("latin-1").removesuffix("\r\n\r\n").split("\r\n")
+    method, target, version = _request_line(lines[0])
+    if len(lines) - 1 > MAX_HEADERS:
+        raise Refused(431, f"the request has more than {MAX_HEADERS} header lines")
+    headers = [_header(line) for line in lines[1:]]
     if method == "CONNECT":
-        host, port = _host_port(urlsplit(f"//{target}"), None)
+        host, port = _authority(target, None, what="the CONNECT target")
         return Request(method, host, port, b"")
     url = urlsplit(target)
     if url.scheme.lower() != "http":
         raise Refused(400, "a proxy request names an absolute http:// URI (https:// goes through CONNECT)")
-    host, port = _host_port(url, 80)
+    authority = url.netloc.rpartition("@")[2]
+    host, port = _authority(authority, 80, what="the URL's host")
+    host_headers = [value for name, value in headers if name.lower() == "host"]
+    if len(host_headers) > 1:
+        raise Refused(400, "the request has more than one Host header", host=host)
+    if host_headers and _host_header(host_headers[0]) != (host, port):
+        raise Refused(400, f"the Host header ({host_headers[0]}) names another host than the URL ({authority})",
+                      host=host)
     path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-    headers = [line for line in lines[1:] if line and line.split(":", 1)[0].strip().lower() not in _HOP_BY_HOP]
-    if not any(line.split(":", 1)[0].strip().lower() == "host" for line in headers):
-        headers.insert(0, f"Host: {url.netloc.rpartition('@')[2]}")
-    upstream = "\r\n".join([f"{method} {path} {version}", *headers, "Connection: close", "", ""])
+    kept = [f"{name}: {value}" for name, value in headers if name.lower() not in _HOP_BY_HOP]
+    if not host_headers:
+        kept.insert(0, f"Host: {authority}")
+    upstream = "\r\n".join([f"{method} {path} {version}", *kept, "Connection: close", "", ""])
     return Request(method, host, port, upstream.encode("latin-1"))
 
 
-def _host_port(url: SplitResult, default_port: int | None) -> tuple[str, int]:
+def _request_line(line: str) -> tuple[str, str, str]:
+    parts = line.split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise Refused(400, "not an HTTP/1.x request")
+    method, target, version = parts
+    if version not in ("HTTP/1.0", "HTTP/1.1") or not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target):
+        raise Refused(400, "the request line is not METHOD target HTTP/1.x in printable ASCII")
+    return method, target, version
+
+
+def _header(line: str) -> tuple[str, str]:
+    """A header line as (name, value); a folded line, a space before the colon or a control character: 400."""
+    name, colon, value = line.partition(":")
+    if not colon or not _TOKEN.fullmatch(name):
+        raise Refused(400, "a header line is not name: value (folded lines are not accepted)")
+    value = value.strip(" \t")
+    if _CONTROL.search(value):
+        raise Refused(400, "a header value holds a control character")
+    return name, value
+
+
+def _authority(text: str, default_port: int | None, *, what: str) -> tuple[str, int]:
+    """`host[:port]` (no user, no path) as the allowlist compares it: lower case, no trailing dot."""
+    match = _AUTHORITY.fullmatch(text)
+    port_text = match.group(2) if match else None
+    port = int(port_text) if port_text else default_port
+    if match is None or port is None or not 0 < port <= 65535:
+        raise Refused(400, f"{what} is not host:port with a port from 1 to 65535")
+    return match.group(1).strip("[]").lower().removesuffix("."), port
+
+
+def _host_header(value: str) -> tuple[str, int] | None:
     try:
-        host, port = url.hostname, url.port
-    except ValueError:
-        raise Refused(400, "the port is not a number from 0 to 65535") from None
-    port = port if port is not None else default_port
-    if not host or not port:
-        raise Refused(400, "the request names no host:port")
-    return str(host), int(port)
+        return _authority(value, 80, what="the Host header")
+    except Refused:
+        return None
 
 
 def answer(status: int, reason: str) -> bytes:
@@ -282,7 +326,7 @@ class EgressProxy:
         """Log a refusal and answer it; then, if `linger`, take what the client still sends for `LINGER` s at
         most (closing with unread input resets the connection, and the client may lose the answer)."""
         log.warning("egress_denied", session_id=self.session_id, status=refused.status, reason=refused.reason,
-                    method=request.method if request else None, host=request.host if request else None,
+                    method=request.method if request else None, host=request.host if request else refused.host,
                     port=request.port if request else None)
         writer.write(answer(refused.status, refused.reason))
         await writer.drain()  # the answer is small: this never waits for the client
