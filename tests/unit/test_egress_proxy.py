@@ -25,7 +25,7 @@ import structlog
 
 from orsbox import cli
 from orsbox.backends.network import egress
-from orsbox.backends.network.limits import Budget, Limits
+from orsbox.backends.network.limits import MAX_DENIAL_SUBJECTS, Budget, DenialLog, Limits
 from orsbox.backends.network.modes import SESSION_SUBNET_POOL
 from orsbox.errors import InstanceLocked
 
@@ -456,3 +456,54 @@ async def test_a_plain_request_whose_host_header_names_another_host_never_leaves
     assert upstream.received == []
     [denied] = events(logs, "egress_denied")
     assert (denied["status"], denied["host"]) == (400, NAME)
+
+
+# ---------------------------------------------------------------- logs
+
+
+async def test_what_the_session_wrote_is_logged_clipped_and_escaped(proxies: StartProxy, upstream: Upstream) -> None:
+    proxy = await proxies()
+    long_name = "a" * 20000 + ".test"
+    with structlog.testing.capture_logs() as logs:
+        await ask(proxy, f"CONNECT {long_name}:443 HTTP/1.1\r\n\r\n".encode())
+        await ask(proxy, f"GET http://{NAME}:{upstream.port}/ HTTP/1.1\r\nHost: \x9b31mred\r\n\r\n".encode("latin-1"))
+    long, escaped = events(logs, "egress_denied")
+    assert len(long["host"]) < 1000 and long["host"].startswith("aaaa") and "+19" in long["host"]
+    assert len(long["reason"]) < 1000
+    assert "\x9b" not in escaped["reason"] and "\\x9b31mred" in escaped["reason"]
+
+
+async def test_a_session_denied_again_and_again_is_logged_once_then_counted(proxies: StartProxy) -> None:
+    proxy = await proxies(limits=Limits(denial_interval=3600))
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(50):
+            assert status(await ask(proxy, b"CONNECT elsewhere.test:443 HTTP/1.1\r\n\r\n")) == 403
+        assert [event["count"] for event in events(logs, "egress_denied")] == [1]
+        await proxy.close()  # the end of an interval, early
+    _, rest = events(logs, "egress_denied")
+    assert (rest["host"], rest["status"], rest["count"]) == ("elsewhere.test", 403, 49)
+    assert "not in this session's allowlist" in rest["reason"]
+
+
+async def test_denials_of_many_hosts_are_counted_together_past_a_few(proxies: StartProxy) -> None:
+    proxy = await proxies(limits=Limits(denial_interval=3600))
+    with structlog.testing.capture_logs() as logs:
+        for i in range(MAX_DENIAL_SUBJECTS + 30):
+            await ask(proxy, f"CONNECT host-{i}.test:443 HTTP/1.1\r\n\r\n".encode())
+        assert len(events(logs, "egress_denied")) == MAX_DENIAL_SUBJECTS
+        await proxy.close()
+    *_, others = events(logs, "egress_denied")
+    assert (others["host"], others["count"]) == (None, 30) and "other hosts" in others["reason"]
+
+
+def test_the_denial_log_says_once_per_interval_how_often_a_denial_went_on() -> None:
+    denials = DenialLog("s1", interval=60)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            denials.denied(status=403, reason="no", method="CONNECT", host="a.test", port=443)
+        denials.flush()  # an interval ends: one line for the two since
+        denials.denied(status=403, reason="no", method="CONNECT", host="a.test", port=443)
+        denials.flush()  # it went on: one more
+        denials.flush()  # a quiet interval: forgotten, nothing logged
+        denials.denied(status=403, reason="no", method="CONNECT", host="a.test", port=443)  # logged at once again
+    assert [event["count"] for event in logs] == [1, 2, 1, 1]

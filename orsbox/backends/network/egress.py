@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from ...policy import parse_allow_entry
-from .limits import Budget, Limits
+from .limits import Budget, DenialLog, Limits, clip
 
 log = structlog.get_logger()
 
@@ -245,6 +245,8 @@ class EgressProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._lookup_slots = asyncio.Semaphore(limits.lookups)
+        self._denials = DenialLog(session_id, interval=limits.denial_interval)
+        self._flusher: asyncio.Task[None] | None = None
         self._lookups: set[asyncio.Future[list[str]]] = set()  # running, timed out or not
 
     @property
@@ -256,6 +258,7 @@ class EgressProxy:
         self._server = await asyncio.start_server(self._serve, host=self.host, port=self.port, limit=HEAD_LIMIT,
                                                   reuse_address=True)
         self.port = int(self._server.sockets[0].getsockname()[1])  # the one bound, if port 0 was asked
+        self._flusher = asyncio.ensure_future(self._flush_denials())
         log.info("egress_proxy_started", session_id=self.session_id, network=self.network,
                  address=f"{self.host}:{self.port}")
 
@@ -269,6 +272,16 @@ class EgressProxy:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        self._denials.flush()
+
+    async def _flush_denials(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.denial_interval)
+            self._denials.flush()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -317,7 +330,7 @@ class EgressProxy:
                                        idle=self.limits.idle_timeout, lifetime=self.limits.lifetime)
         finally:
             close_now(upstream_writer)
-        log.info("egress", session_id=self.session_id, method=request.method, host=request.host,
+        log.info("egress", session_id=self.session_id, method=clip(request.method, 32), host=clip(request.host),
                  port=request.port, address=address, sent=traffic.sent, received=traffic.received, end=end,
                  seconds=round(time.monotonic() - started, 3))
 
@@ -325,10 +338,10 @@ class EgressProxy:
                     request: Request | None, *, linger: bool = True) -> None:
         """Log a refusal and answer it; then, if `linger`, take what the client still sends for `LINGER` s at
         most (closing with unread input resets the connection, and the client may lose the answer)."""
-        log.warning("egress_denied", session_id=self.session_id, status=refused.status, reason=refused.reason,
-                    method=request.method if request else None, host=request.host if request else refused.host,
-                    port=request.port if request else None)
-        writer.write(answer(refused.status, refused.reason))
+        self._denials.denied(status=refused.status, reason=refused.reason,
+                             method=request.method if request else None,
+                             host=request.host if request else refused.host, port=request.port if request else None)
+        writer.write(answer(refused.status, clip(refused.reason) or ""))
         await writer.drain()  # the answer is small: this never waits for the client
         if linger:
             writer.write_eof()
