@@ -185,6 +185,7 @@ def test_a_plain_http_request_is_sent_on_in_origin_form_and_closes() -> None:
     ("example.org:80", "http://example.org/"),
     ("example.org", "http://example.org:80/"),
     ("example.org:8080", "http://user@example.org:8080/"),
+    ("example.org", "http://example.org:/"),
 ])
 def test_a_host_header_naming_the_urls_host_is_kept(host: str, url: str) -> None:
     request = parse_request(f"GET {url} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
@@ -230,6 +231,7 @@ def test_a_head_with_too_many_headers_is_a_431() -> None:
     b"CONNECT example.org HTTP/1.1\r\n\r\n",
     b"CONNECT example.org:443 SPDY/3\r\n\r\n",
     b"\x16\x03\x01\x02\x00\r\n\r\n",
+    b"GET http://[example.org/ HTTP/1.1\r\n\r\n",
 ])
 def test_what_is_not_a_proxy_request_is_a_400(head: bytes) -> None:
     with pytest.raises(Refused) as refused:

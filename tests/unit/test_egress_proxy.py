@@ -458,6 +458,26 @@ async def test_a_plain_request_whose_host_header_names_another_host_never_leaves
     assert (denied["status"], denied["host"]) == (400, NAME)
 
 
+async def test_a_head_past_the_limit_is_a_431(proxies: StartProxy) -> None:
+    proxy = await proxies()
+    answer = await ask(proxy, b"GET http://upstream.test/ HTTP/1.1\r\nX: " + b"a" * egress.HEAD_LIMIT + b"\r\n\r\n")
+    assert status(answer) == 431
+
+
+async def test_a_failure_of_the_proxy_itself_is_logged_and_ends_the_connection(
+        proxies: StartProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(head: bytes) -> egress.Request:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(egress, "parse_request", broken)
+    proxy = await proxies()
+    with structlog.testing.capture_logs() as logs:
+        assert await ask(proxy, b"CONNECT upstream.test:443 HTTP/1.1\r\n\r\n") == b""
+    [error] = events(logs, "egress_error")
+    assert (error["session_id"], error["error"]) == ("s1", "RuntimeError: a bug")
+    assert proxy.open_connections == 0
+
+
 # ---------------------------------------------------------------- logs
 
 

@@ -151,7 +151,7 @@ class Request:
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a method or a header name (RFC 9110)
 _TARGET = re.compile(r"[\x21-\x7e]+")  # printable ASCII: no space, no control character
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a header value (a tab is allowed)
-_AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\[\]@:/?#\s]+)(?::([0-9]{1,5}))?")
+_AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\[\]@:/?#\s]+)(?::([0-9]{0,5}))?")  # "host:" = default port
 
 
 def parse_request(head: bytes) -> Request:
@@ -166,7 +166,10 @@ def parse_request(head: bytes) -> Request:
     if method == "CONNECT":
         host, port = _authority(target, None, what="the CONNECT target")
         return Request(method, host, port, b"")
-    url = urlsplit(target)
+    try:
+        url = urlsplit(target)
+    except ValueError:  # e.g. an unclosed [
+        raise Refused(400, "the request's URI is not a URI") from None
     if url.scheme.lower() != "http":
         raise Refused(400, "a proxy request names an absolute http:// URI (https:// goes through CONNECT)")
     authority = url.netloc.rpartition("@")[2]
@@ -305,6 +308,8 @@ class EgressProxy:
             pass
         except asyncio.CancelledError:
             pass  # the proxy closes; ending here keeps asyncio's stream callback (3.11) from logging it as an error
+        except Exception as exc:  # a bug here: this connection ends, the proxy goes on, the log says (bounded)
+            log.error("egress_error", session_id=self.session_id, error=clip(f"{type(exc).__name__}: {exc}"))
         finally:
             if counted:
                 self.budget.give_connection()
