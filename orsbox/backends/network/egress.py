@@ -3,21 +3,29 @@
 One listener per session, bound to its network's gateway address on the host: the only address the
 session's container can reach, and the firewall lets it reach only this port. So the listener *is*
 the session (no source-address bookkeeping), and no other session or container can use it. It runs
-in the server's event loop: streams copied by asyncio, names resolved with the loop's resolver.
+in the server's event loop: streams copied by asyncio, names resolved on threads of the proxies' own.
 
 Every request goes through the same checks, in order:
 
-1. it names a host:port of the session's `allow` list: names match exactly or by `*.suffix`; an
+1. it is read strictly (a complete head within `head_timeout`, `HEAD_LIMIT` bytes and `MAX_HEADERS`
+   lines at most, no folded lines or control characters, and for plain HTTP a Host header, if any,
+   naming the URL's host:port), so that the upstream cannot read it otherwise than the proxy did;
+2. it names a host:port of the session's `allow` list: names match exactly or by `*.suffix`; an
    address matches only if it is listed as that address;
-2. the name resolves, here on the host (never in the container, whose DNS goes nowhere), to an address
+3. the name resolves, here on the host (never in the container, whose DNS goes nowhere), to an address
    that is not loopback, link-local (169.254.0.0/16: the metadata address), unspecified, multicast or
    reserved, in orsbox's session networks, or one of this host's own: checked on the very address the
    proxy then connects to, so DNS rebinding gains nothing;
-3. the proxy connects to that address and relays bytes both ways.
+4. the proxy connects to that address and relays bytes both ways, until both sides are done, nothing
+   moves for `idle_timeout`, or `lifetime` has passed.
 
-A refusal is answered `403` with the reason (`400`/`431` for requests that are not HTTP proxy
-requests, `502` when the upstream cannot be reached) and logged as `egress_denied` with the session id;
-a finished connection is logged as `egress` with the bytes each way.
+The container is hostile, so what the proxy spends on it is bounded (`limits.py`): time at each step,
+connections per session and for all sessions, lookups at once, and log lines. A refusal is answered
+with the reason: `403` (not allowed), `400`/`431` (not a proxy request, or one read strictly refused),
+`408` (no head in time), `429`/`503` (the session's or the server's connections all open), `502`/`504`
+(the upstream cannot be resolved or reached, or not in time); it is logged as `egress_denied` with the
+session id, repeated ones aggregated (`DenialLog`). A finished connection is logged as `egress` with the
+bytes each way and how it ended. Logged values that came from the session are clipped (`clip`).
 """
 
 from __future__ import annotations
@@ -326,11 +334,11 @@ class EgressProxy:
             await self._deny(reader, writer, exc, request)
             return
         started = time.monotonic()
-        if request.method == "CONNECT":
-            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        else:
-            upstream_writer.write(request.upstream_head)
         try:
+            if request.method == "CONNECT":
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                upstream_writer.write(request.upstream_head)
             traffic, end = await relay(reader, writer, upstream_reader, upstream_writer,
                                        idle=self.limits.idle_timeout, lifetime=self.limits.lifetime)
         finally:
@@ -371,7 +379,7 @@ class EgressProxy:
         if not self.allowlist.allows(request.host, request.port):
             raise Refused(403, f"{where} is not in this session's allowlist")
         addresses = [ipaddress.ip_address(a) for a in await self._resolve(request.host, request.port)]
-        verdicts = [(address, refusal(address, self.pool)) for address in addresses[:MAX_ADDRESSES]]
+        verdicts = [(address, refusal(address, self.pool)) for address in addresses]
         allowed = [address for address, reason in verdicts if reason is None]
         if not allowed:
             reasons = "; ".join(reason for _, reason in verdicts if reason) or "it has no address"
@@ -402,7 +410,7 @@ class EgressProxy:
                 self._lookups.add(lookup)
                 lookup.add_done_callback(self._lookup_ended)
                 addresses = await asyncio.shield(lookup)
-            return [str(ipaddress.ip_address(address)) for address in addresses]
+            return [str(ipaddress.ip_address(address)) for address in addresses[:MAX_ADDRESSES]]
         except TimeoutError:
             raise Refused(504, f"{host} does not resolve in {timeout:g} s") from None
         except (OSError, ValueError) as exc:
