@@ -1,9 +1,11 @@
-"""How long and how much a session may hold the egress proxy (`egress.py`).
+"""How long and how much a session may hold the egress proxy (`egress.py`), and how much of the log.
 
 Everything in a session's container may be hostile, so each thing the proxy spends on a session is
-bounded: time (to send a request head, to reach an upstream, a tunnel's idle time and lifetime) and
-connections. The values are fixed facts of the proxy, not ops' policy: they bound an attacker, and a
-well-behaved client (pip, git, curl, urllib) stays far from each of them.
+bounded: time (to send a request head, to resolve a name, to reach an upstream, a tunnel's idle time and
+lifetime), connections (per session, and for all sessions together: the server's file descriptors),
+lookups at once (threads), and log lines (values clipped, repeated denials counted). The values are
+fixed facts of the proxy, not ops' policy: they bound an attacker, and a well-behaved client (pip, git,
+curl, urllib) stays far from each of them.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class Limits:
     #: s a tunnel (or a plain request's connection) stays open while no byte moves either way, half-closed or
     #: not, and also when a side stops reading. Clients reconnect; pip's keep-alive connections do.
     idle_timeout: float = 60.0
-    #: s a tunnel stays open at most, however busy (a download of several GB at the proxy's pace fits).
+    #: s a tunnel stays open at most, however busy (a download of 10 GB at 3 MB/s fits).
     lifetime: float = 3600.0
     #: s to resolve a name (on the host), then `504`.
     resolve_timeout: float = 5.0
