@@ -88,6 +88,7 @@ def test_explain_shows_the_network(tmp_path: Path) -> None:
     assert 'allow             ["pypi.example.com:443", "*.example.net:443"]' in text
     assert f"egress only through orsbox's HTTP proxy on the network's gateway, port {PROXY_PORT}" in text
     assert "allowed: pypi.example.com:443, *.example.net:443" in text
+    assert "per session: 64 connections at once, 5 s for a request head, a tunnel closed after 60 s idle" in text
     assert '"dns": [\n    "127.0.0.1"\n  ]' in text
     full = PolicySet({"bash": {"network": "full"}})
     assert "full: a bridge network" in explanation(full, "bash", sections=explain_sections(full.resolve("bash")))
