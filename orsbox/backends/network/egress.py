@@ -277,12 +277,13 @@ class EgressProxy:
         """Stop listening and cut every open connection."""
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
         for lookup in self._lookups:
             lookup.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()  # after the cuts: from Python 3.12 on it waits for every connection
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
