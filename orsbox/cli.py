@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import sys
 from pathlib import Path
 
@@ -125,6 +126,7 @@ def serve_command(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; exit 1 at once if another server holds this state dir or node id."""
     from .api import create_app
 
+    open_files = raise_open_file_limit()
     config = Config.from_env(
         host=args.host, port=args.port, policies_dir=args.policies_dir, state_dir=args.state_dir,
         default_environment=args.default_environment, idle_timeout=args.idle_timeout, environments=args.environments,
@@ -134,10 +136,22 @@ def serve_command(args: argparse.Namespace) -> int:
     )
     with InstanceLock.acquire(config.state_dir, config.node_id) as lock:  # before the engine: no second sweeper
         log.info("starting", host=config.host, port=config.port, version=__version__, node_id=config.node_id,
-                 locks=[str(path) for path in lock.paths])
+                 locks=[str(path) for path in lock.paths], open_files=open_files)
         web.run_app(create_app(config), host=config.host, port=config.port, print=None,
                     shutdown_timeout=config.shutdown_timeout, access_log=None, loop=asyncio.new_event_loop())
     return 0
+
+
+def raise_open_file_limit() -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard one, so that many sessions' agent sockets and proxied connections
+    fit (the egress proxies' budget is a share of it); the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit the kernel caps lower
+            log.warning("open_file_limit_kept", soft=soft, hard=hard, error=str(exc))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 async def envs_command(args: argparse.Namespace) -> int:

@@ -8,14 +8,17 @@ by replacing its resolver; the container itself resolves nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any
 
 import docker
 import pytest
 import structlog
 
-from orsbox.backends.network import egress
+from orsbox.backends.network import egress, limits
+from orsbox.backends.network.limits import Limits
 from orsbox.backends.network.modes import PROXY_PORT
 
 from ..support.ors import Ors
@@ -31,8 +34,8 @@ def names(monkeypatch: pytest.MonkeyPatch, web_server: NetServer) -> dict[str, l
     table = {"allowed.test": [web_server.ip]}
     real = egress.resolve
 
-    async def resolve(host: str, port: int) -> list[str]:
-        return table[host] if host in table else await real(host, port)
+    async def resolve(host: str, port: int, executor: Executor | None = None) -> list[str]:
+        return table[host] if host in table else await real(host, port, executor)
 
     monkeypatch.setattr(egress, "resolve", resolve)
     return table
@@ -128,3 +131,86 @@ async def test_the_proxy_refuses_what_is_not_a_proxy_request(
                         "garbage": "HTTP/1.1 400 Bad Request", "huge": "HTTP/1.1 431 Request Header Fields Too Large",
                         "smuggle": "HTTP/1.1 403 Forbidden"}
     await ors.delete(sid)
+
+
+HOSTILE_CLIENT = r'''
+import json, os, socket, time, urllib.parse
+proxy = urllib.parse.urlsplit(os.environ["HTTP_PROXY"])
+web = os.environ["WEB"]
+
+def connection():
+    return socket.create_connection((proxy.hostname, proxy.port), timeout=20)
+
+def answer(sock):
+    """Everything the proxy sends until it closes: its status line, and whether it did close."""
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data.split(b"\r\n")[0].decode(), "closed"
+            data += chunk
+    except socket.timeout:
+        return data.split(b"\r\n")[0].decode(), "open"
+
+def tunnel():
+    sock = connection()
+    sock.sendall(("CONNECT %s:80 HTTP/1.1\r\n\r\n" % web).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+results = {}
+sock = connection()
+sock.sendall(("CONNECT %s:80 HTTP/1.1\r\n" % web).encode())  # and never the end of the head
+results["no head"] = answer(sock)
+sock = connection()
+sock.sendall(("GET http://%s/ HTTP/1.1\r\nHost: intranet.test\r\n\r\n" % web).encode())
+results["another Host"] = answer(sock)
+results["idle tunnel"] = answer(tunnel())[1]
+held = [tunnel() for _ in range(4)]
+sock = connection()
+sock.sendall(("CONNECT %s:80 HTTP/1.1\r\n\r\n" % web).encode())
+results["fifth connection"] = answer(sock)
+for sock in held:
+    sock.close()
+for _ in range(100):  # until the proxy has seen the four go (another host, so that the count below is exact)
+    sock = connection()
+    sock.sendall(b"CONNECT wait.test:443 HTTP/1.1\r\n\r\n")
+    if answer(sock)[0] == "HTTP/1.1 403 Forbidden":
+        break
+    time.sleep(0.05)
+denied = []
+for _ in range(100):
+    sock = connection()
+    sock.sendall(b"CONNECT denied.test:443 HTTP/1.1\r\n\r\n")
+    denied.append(answer(sock)[0])
+results["denied"] = sorted(set(denied))
+print(json.dumps(results))
+'''
+
+
+async def test_a_hostile_session_can_neither_hold_the_proxy_nor_flood_its_log(
+    network_app: Callable[[str], Awaitable[Ors]], web_server: NetServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(limits, "DEFAULT_LIMITS", Limits(head_timeout=1, idle_timeout=1, connections=4,
+                                                         denial_interval=3600))
+    ors = await network_app(f'network = "allowlist"\nallow = ["{web_server.ip}:80"]')
+    sid = await ors.new_session()
+    with structlog.testing.capture_logs() as logs:
+        out = await ors.bash(sid, f"WEB={web_server.ip} python3 - <<'PY'\n{HOSTILE_CLIENT}\nPY", timeout=120)
+        results = json.loads(out.text.strip().splitlines()[-1])
+        during = [event for event in logs if event["event"] == "egress_denied" and event["host"] == "denied.test"]
+        await ors.delete(sid)  # the proxy closes: the denials it counted are logged
+    assert results == {"no head": ["HTTP/1.1 408 Request Timeout", "closed"],
+                       "another Host": ["HTTP/1.1 400 Bad Request", "closed"],
+                       "idle tunnel": "closed",
+                       "fifth connection": ["HTTP/1.1 429 Too Many Requests", "closed"],
+                       "denied": ["HTTP/1.1 403 Forbidden"]}
+    assert [event["count"] for event in during] == [1]
+    repeated = [event for event in logs if event["event"] == "egress_denied" and event["host"] == "denied.test"]
+    assert [event["count"] for event in repeated] == [1, 99]
+    idle = [event for event in logs if event["event"] == "egress" and event.get("end") == "idle"]
+    assert idle and {event["session_id"] for event in idle} == {sid}

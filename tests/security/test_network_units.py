@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orsbox.backends.docker.settings import container_settings, docker_runtime, explain_sections, runtime_problem
-from orsbox.backends.network.egress import Allowlist, Refused, parse_request, refusal
+from orsbox.backends.network.egress import MAX_HEADERS, Allowlist, Refused, parse_request, refusal
 from orsbox.backends.network.modes import PROXY_PORT, SESSION_SUBNET_POOL
 from orsbox.backends.network.networks import SessionNetwork, bridge_name, firewall_rules
 from orsbox.errors import ConfigError
@@ -88,6 +88,7 @@ def test_explain_shows_the_network(tmp_path: Path) -> None:
     assert 'allow             ["pypi.example.com:443", "*.example.net:443"]' in text
     assert f"egress only through orsbox's HTTP proxy on the network's gateway, port {PROXY_PORT}" in text
     assert "allowed: pypi.example.com:443, *.example.net:443" in text
+    assert "per session: 64 connections at once, 5 s for a request head, a tunnel closed after 60 s idle" in text
     assert '"dns": [\n    "127.0.0.1"\n  ]' in text
     full = PolicySet({"bash": {"network": "full"}})
     assert "full: a bridge network" in explanation(full, "bash", sections=explain_sections(full.resolve("bash")))
@@ -179,6 +180,51 @@ def test_a_plain_http_request_is_sent_on_in_origin_form_and_closes() -> None:
     assert bare.upstream_head == b"POST / HTTP/1.0\r\nHost: example.org\r\nConnection: close\r\n\r\n"
 
 
+@pytest.mark.parametrize(("host", "url"), [
+    ("example.org", "http://example.org/"),
+    ("Example.ORG.", "http://example.org/"),
+    ("example.org:80", "http://example.org/"),
+    ("example.org", "http://example.org:80/"),
+    ("example.org:8080", "http://user@example.org:8080/"),
+    ("example.org", "http://example.org:/"),
+])
+def test_a_host_header_naming_the_urls_host_is_kept(host: str, url: str) -> None:
+    request = parse_request(f"GET {url} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    assert f"\r\nHost: {host}\r\n".encode() in request.upstream_head
+
+
+@pytest.mark.parametrize(("head", "says"), [
+    # a listed URL, but a Host the upstream may serve as another (name-based) virtual host
+    (b"GET http://allowed.example/ HTTP/1.1\r\nHost: forbidden.example\r\n\r\n", "Host header"),
+    (b"GET http://allowed.example:8080/ HTTP/1.1\r\nHost: allowed.example\r\n\r\n", "Host header"),
+    (b"GET http://allowed.example/ HTTP/1.1\r\nHost: allowed.example\r\nHost: forbidden.example\r\n\r\n",
+     "more than one Host"),
+    (b"GET http://allowed.example/ HTTP/1.1\r\nHost: forbidden.example@allowed.example\r\n\r\n", "Host header"),
+    (b"GET http://allowed.example/ HTTP/1.1\r\nHost:\r\n\r\n", "Host header"),
+    # header lines an upstream may read otherwise than the proxy
+    (b"GET http://allowed.example/ HTTP/1.1\r\nX: a\r\n Host: forbidden.example\r\n\r\n", "header line"),
+    (b"GET http://allowed.example/ HTTP/1.1\r\nHost : forbidden.example\r\n\r\n", "header line"),
+    (b"GET http://allowed.example/ HTTP/1.1\r\nX: a\nHost: forbidden.example\r\n\r\n", "control character"),
+    (b"GET http://allowed.example/ HTTP/1.1\r\nX: a\rHost: forbidden.example\r\n\r\n", "control character"),
+    (b"GET http://allowed.example/ HTTP/1.1\r\nX: a\x00b\r\n\r\n", "control character"),
+    (b"GET http://allowed.example/\nHost:forbidden.example HTTP/1.1\r\n\r\n", "request line"),
+    (b"CONNECT forbidden.example@allowed.example:443 HTTP/1.1\r\n\r\n", "host:port"),
+    (b"CONNECT allowed.example:443/x HTTP/1.1\r\n\r\n", "host:port"),
+])
+def test_a_request_an_upstream_could_read_otherwise_is_a_400(head: bytes, says: str) -> None:
+    with pytest.raises(Refused) as refused:
+        parse_request(head)
+    assert refused.value.status == 400 and says in refused.value.reason
+
+
+def test_a_head_with_too_many_headers_is_a_431() -> None:
+    headers = "".join(f"X-{i}: y\r\n" for i in range(MAX_HEADERS + 1))
+    with pytest.raises(Refused) as refused:
+        parse_request(f"GET http://example.org/ HTTP/1.1\r\n{headers}\r\n".encode())
+    assert refused.value.status == 431
+    parse_request(f"GET http://example.org/ HTTP/1.1\r\n{headers.partition(chr(10))[2]}\r\n".encode())
+
+
 @pytest.mark.parametrize("head", [
     b"GET / HTTP/1.1\r\n\r\n",
     b"GET https://example.org/ HTTP/1.1\r\n\r\n",
@@ -186,6 +232,7 @@ def test_a_plain_http_request_is_sent_on_in_origin_form_and_closes() -> None:
     b"CONNECT example.org HTTP/1.1\r\n\r\n",
     b"CONNECT example.org:443 SPDY/3\r\n\r\n",
     b"\x16\x03\x01\x02\x00\r\n\r\n",
+    b"GET http://[example.org/ HTTP/1.1\r\n\r\n",
 ])
 def test_what_is_not_a_proxy_request_is_a_400(head: bytes) -> None:
     with pytest.raises(Refused) as refused:

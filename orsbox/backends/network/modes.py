@@ -8,6 +8,7 @@ Docker backend's container settings (`backends/docker/settings.py`) put a contai
 from __future__ import annotations
 
 from ...policy import SandboxPolicy
+from .limits import DEFAULT_LIMITS
 
 #: Network modes on a Docker network of their own: the subnets orsbox carves them from (one /29 each; the
 #: firewall blocks the whole pool to every session), and the egress proxy's port on each network's gateway.
@@ -44,6 +45,9 @@ def network_summary(policy: SandboxPolicy) -> list[str]:
             f"  egress only through orsbox's HTTP proxy on the network's gateway, port {PROXY_PORT} "
             "(CONNECT for TLS, absolute-URI requests for plain HTTP), set as HTTP(S)_PROXY for commands",
             f"  allowed: {', '.join(policy.allow)}; anything else is answered 403 and logged (egress_denied)",
+            f"  per session: {DEFAULT_LIMITS.connections} connections at once, {DEFAULT_LIMITS.head_timeout:g} s "
+            f"for a request head, a tunnel closed after {DEFAULT_LIMITS.idle_timeout:g} s idle and "
+            f"{DEFAULT_LIMITS.lifetime:g} s in all",
             "  names are resolved by the proxy on the host; inside the container DNS fails "
             f"(dns {' '.join(ALLOWLIST_DNS)})",
             f"  refused whatever the list says (checked on the resolved address): {refused}",

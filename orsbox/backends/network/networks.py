@@ -41,7 +41,7 @@ import structlog
 from ...agent.layout import LABEL_MANAGED, LABEL_NETWORK_MODE, LABEL_NODE, LABEL_SESSION
 from ...errors import SandboxError
 from ...policy import SandboxPolicy
-from . import egress
+from . import egress, limits
 from .modes import PROXY_PORT, SESSION_SUBNET_POOL, SESSION_SUBNET_PREFIX, proxy_environment
 
 log = structlog.get_logger()
@@ -217,6 +217,7 @@ class SessionNetworks:
         self.pool = subnet_pool()
         self.firewall = Firewall()
         self._proxies: dict[str, egress.EgressProxy] = {}
+        self._budget = limits.Budget()  # what the proxies share
         self._live: dict[str, SessionNetwork] = {}  # made or restored by this process, not yet removed
         self._allocating: set[ipaddress.IPv4Network] = set()  # chosen, not yet known to the engine
 
@@ -297,6 +298,7 @@ class SessionNetworks:
         """Stop every proxy (networks stay: sessions kept for adoption still need them)."""
         proxies, self._proxies = list(self._proxies.values()), {}
         await asyncio.gather(*(proxy.close() for proxy in proxies))
+        self._budget.close()
 
     # -- helpers ---------------------------------------------------------------
 
@@ -341,7 +343,8 @@ class SessionNetworks:
 
     async def _start_proxy(self, network: SessionNetwork, policy: SandboxPolicy) -> None:
         proxy = egress.EgressProxy(session_id=network.session_id, network=network.name, allow=policy.allow,
-                                   host=str(network.gateway), port=PROXY_PORT, pool=self.pool)
+                                   host=str(network.gateway), port=PROXY_PORT, pool=self.pool,
+                                   limits=limits.DEFAULT_LIMITS, budget=self._budget)  # read here: tests replace it
         try:
             await proxy.start()
         except OSError as exc:
