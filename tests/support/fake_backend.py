@@ -79,6 +79,12 @@ class FakeBackend:
                                  tags=(f"fake/{name}:latest",), created="0")
                 for name, entrypoint in self.environments.items()]
 
+    async def find_image(self, reference: str, *, timeout: float) -> tuple[str, tuple[str, ...]]:
+        """Any `fake/…` image exists (a sandbox runs the agent on this host); others are missing."""
+        if not reference.startswith("fake/"):
+            raise SandboxError(f"image {reference!r} is not on this engine and could not be pulled")
+        return f"fake:{reference}", (reference,)
+
     async def describe(self, image: EnvironmentImage, policy: SandboxPolicy) -> dict[str, Any]:
         process = await asyncio.create_subprocess_exec(
             *self._agent("describe", image.entrypoint, policy), env=_agent_environment(), cwd="/",

@@ -1,0 +1,206 @@
+"""openreward's sandbox API, driven by openreward's own client (unchanged) against orsbox on the fake backend."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from openreward.api.errors import SessionTerminatedError
+from openreward.api.sandboxes.client import AsyncSandboxesAPI
+from openreward.api.sandboxes.types import FileTransferError, SandboxEgressRule, SandboxNetworkPolicy, SandboxSettings
+
+from orsbox.api.keys import SESSIONS
+
+from ..support.fake_backend import UNUSED_UID, FakeBackend
+from ..support.run import API_KEY
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    """A folder the fake sandbox's command user may write (the fake runs its agent on this host)."""
+    folder = tmp_path / "sandbox-files"
+    folder.mkdir()
+    os.chown(folder, UNUSED_UID, UNUSED_UID)
+    tmp_path.chmod(0o755)
+    return folder
+
+
+@pytest.fixture
+async def url(server: Any) -> str:
+    ors = await server()
+    return str(ors.http.make_url("")).rstrip("/")
+
+
+def settings(**fields: Any) -> SandboxSettings:
+    return SandboxSettings(**{"environment": "tests", "image": "fake/sandbox:latest", "machine_size": "1:1",
+                              **fields})
+
+
+@pytest.fixture
+async def sandbox(url: str) -> AsyncIterator[AsyncSandboxesAPI]:
+    async with AsyncSandboxesAPI(base_url=url, api_key=API_KEY, settings=settings(env={"GREETING": "hi"})) as box:
+        yield box
+
+
+async def test_run_returns_output_return_code_and_env(sandbox: AsyncSandboxesAPI) -> None:
+    result = await sandbox.run("echo $GREETING; echo oops >&2; exit 3")
+    assert (result.output, result.return_code, result.timed_out) == ("hi\noops", 3, False)
+    assert await sandbox.check_run("echo fine") == "fine"
+    with pytest.raises(RuntimeError, match="Command failed"):
+        await sandbox.check_run("false")
+
+
+async def test_output_is_truncated_to_its_head(sandbox: AsyncSandboxesAPI) -> None:
+    result = await sandbox.run("seq 1 100000", max_bytes=20)
+    assert result.truncated and result.output == "1\n2\n3\n4\n5\n6\n7\n8\n9\n10"
+
+
+async def test_binary_output_comes_back_byte_for_byte(sandbox: AsyncSandboxesAPI) -> None:
+    result = await sandbox.run("printf '\\x00\\xff\\xfeA'", sanitise=False)
+    assert result.output.encode("utf-8", "surrogateescape") == b"\x00\xff\xfeA"
+
+
+async def test_a_command_past_its_timeout_is_killed(sandbox: AsyncSandboxesAPI) -> None:
+    result = await sandbox.run("echo started; sleep 30", timeout=1)
+    assert result.timed_out and result.return_code == 124 and result.output == "started"
+
+
+async def test_runs_on_one_sandbox_run_concurrently(sandbox: AsyncSandboxesAPI) -> None:
+    results = await asyncio.gather(*(sandbox.run(f"sleep 1; echo {n}") for n in range(4)))
+    assert [result.output for result in results] == ["0", "1", "2", "3"]
+
+
+async def test_files_go_up_and_down_in_chunks_with_their_sha256(sandbox: AsyncSandboxesAPI, files: Path,
+                                                               tmp_path: Path) -> None:
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(12 * 1024 * 1024 + 17))
+    remote = str(files / "nested" / "big.bin")
+    sent = await sandbox.upload_from(local, remote)
+    digest = hashlib.sha256(local.read_bytes()).hexdigest()
+    assert sent.sha256 == digest
+    assert (await sandbox.stat_file(remote, sha256=True)) == {"size": local.stat().st_size, "sha256": digest}
+    back = tmp_path / "back.bin"
+    received = await sandbox.download_to(remote, back)
+    assert received.sha256 == digest and back.read_bytes() == local.read_bytes()
+    assert (files / "nested" / "big.bin").stat().st_uid == UNUSED_UID  # written as the command user
+
+
+async def test_small_files_and_the_shell_see_the_same_thing(sandbox: AsyncSandboxesAPI, files: Path,
+                                                            tmp_path: Path) -> None:
+    local = tmp_path / "note.txt"
+    local.write_text("hello sandbox\n")
+    await sandbox.upload(local, str(files / "note.txt"))
+    assert await sandbox.check_run(f"cat {files}/note.txt") == "hello sandbox"
+    assert await sandbox.download(str(files / "note.txt")) == b"hello sandbox\n"
+
+
+async def test_file_errors_are_the_ones_the_client_expects(sandbox: AsyncSandboxesAPI, files: Path) -> None:
+    with pytest.raises(aiohttp.ClientResponseError) as missing:
+        await sandbox.stat_file(str(files / "nope"))
+    assert missing.value.status == 404
+    with pytest.raises(aiohttp.ClientResponseError) as directory:
+        await sandbox.stat_file(str(files))
+    assert directory.value.status == 400
+    (files / "link").symlink_to(files / "nope")
+    with pytest.raises(aiohttp.ClientResponseError) as link:
+        await sandbox.stat_file(str(files / "link"))
+    assert link.value.status == 400 and "symlink" in link.value.message
+    with pytest.raises(FileTransferError):
+        await sandbox.download(str(files / "nope"))
+
+
+async def test_copy_to_another_sandbox(url: str, sandbox: AsyncSandboxesAPI, files: Path) -> None:
+    (files / "src.txt").write_text("copied\n")
+    os.chown(files / "src.txt", UNUSED_UID, UNUSED_UID)
+    async with AsyncSandboxesAPI(base_url=url, api_key=API_KEY, settings=settings()) as other:
+        result = await sandbox.copy_to(other, str(files / "src.txt"), str(files / "dst.txt"))
+        assert result.sha256 == hashlib.sha256(b"copied\n").hexdigest()
+        assert await other.check_run(f"cat {files}/dst.txt") == "copied"
+
+
+async def test_stop_then_run_is_terminated(url: str) -> None:
+    box = AsyncSandboxesAPI(base_url=url, api_key=API_KEY, settings=settings())
+    await box.start()
+    sid = box.sid
+    assert sid is not None
+    await box.stop()
+    async with aiohttp.ClientSession(url) as http:
+        response = await http.post("/run", json={"cmd": "true"}, headers={"X-API-Key": API_KEY, "X-Session-ID": sid})
+        assert response.status == 410
+
+
+async def test_a_sandbox_without_pings_ends_and_its_client_sees_it(server: Any, backend: FakeBackend) -> None:
+    ors = await server(idle_timeout=0.5, reap_interval=0.1)
+    url = str(ors.http.make_url("")).rstrip("/")
+    async with AsyncSandboxesAPI(base_url=url, api_key=API_KEY, settings=settings()) as box:
+        assert box._ping_task is not None
+        box._ping_task.cancel()  # as if its client stopped pinging
+        for _ in range(100):
+            if not backend.sandboxes:
+                break
+            await asyncio.sleep(0.05)
+        assert not backend.sandboxes
+        with pytest.raises(SessionTerminatedError):
+            await box.run("true")
+
+
+@pytest.mark.parametrize(("fields", "status", "words"), [
+    ({"image": "elsewhere/evil:latest"}, 403, "image patterns"),
+    ({"machine_size": "4:16"}, 400, "more than sandboxes may have"),
+    ({"machine_size": "nvidia-l4"}, 400, "GPUs"),
+    ({"sidecars": [{"name": "db", "image": "fake/db"}]}, 400, "sidecar"),
+    ({"bucket_config": {"mount_path": "/data"}}, 400, "bucket"),
+    ({"network": SandboxNetworkPolicy(rules=[SandboxEgressRule(action="allow", host="pypi.example.com")])}, 400,
+     "no network"),
+    ({"network": SandboxNetworkPolicy(presets=["pypi"])}, 400, "presets"),
+])
+async def test_what_cannot_be_honoured_is_refused_by_name(url: str, fields: dict[str, Any], status: int,
+                                                          words: str) -> None:
+    box = AsyncSandboxesAPI(base_url=url, api_key=API_KEY, settings=settings(**fields))
+    with pytest.raises(aiohttp.ClientResponseError) as refused:
+        await box.start()
+    assert refused.value.status == status and words in refused.value.message
+
+
+async def test_sandboxes_of_another_key_are_not_found(server: Any) -> None:
+    ors = await server(api_keys=[API_KEY, "other-key"])
+    url = str(ors.http.make_url("")).rstrip("/")
+    async with AsyncSandboxesAPI(base_url=url, api_key=API_KEY, settings=settings()) as box:
+        assert box.sid is not None
+        headers = {"X-API-Key": "other-key", "X-Session-ID": box.sid}
+        async with aiohttp.ClientSession(url) as http:
+            run = await http.post("/run", json={"cmd": "id"}, headers=headers)
+            stat = await http.post("/stat_file", params={"path": "/etc/hostname"}, headers=headers)
+            assert run.status == stat.status == 404
+            assert (await http.post("/delete_session", headers=headers)).status == 200
+        assert await box.check_run("echo still mine") == "still mine"
+    assert not ors.http.app[SESSIONS].registry.live
+
+
+async def test_eight_sandboxes_at_once(url: str) -> None:
+    async def one(n: int) -> str:
+        async with AsyncSandboxesAPI(base_url=url, api_key=API_KEY, settings=settings(env={"N": str(n)})) as box:
+            return await box.check_run("echo $N")
+    assert await asyncio.gather(*(one(n) for n in range(8))) == [str(n) for n in range(8)]
+
+
+async def test_a_resumed_run_replays_its_result(sandbox: AsyncSandboxesAPI, url: str) -> None:
+    assert sandbox.sid is not None
+    headers = {"X-API-Key": API_KEY, "X-Session-ID": sandbox.sid}
+    async with aiohttp.ClientSession(url) as http:
+        first = await (await http.post("/run", json={"cmd": "echo once >> /dev/stderr; echo " + uuid.uuid4().hex},
+                                       headers=headers)).text()
+        task_id = next(line.split(":", 1)[1].strip() for line in first.splitlines() if line.startswith("data:"))
+        again = await (await http.post("/run", json={"cmd": "ignored", "task_id": task_id}, headers=headers)).text()
+        assert again.split("event: end")[1] == first.split("event: end")[1]
+        unknown = await (await http.post("/run", json={"cmd": "x", "task_id": "nope"}, headers=headers)).text()
+        assert "event: error" in unknown and "unknown task_id" in unknown
