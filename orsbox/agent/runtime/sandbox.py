@@ -4,8 +4,8 @@ A sandbox is a container of any image, with the agent started as
 `python3 -m orsbox.agent serve --entrypoint sandbox --limits ...` (`wire.SANDBOX_ENTRYPOINT`):
 no Environment, only these methods. `setup` takes `{"task": {}, "secrets": {...},
 "sandbox": {"env": {K: V}, "workdir": str | None}}`: the secrets are not kept, the variables are added
-to every command's environment, and the sandbox is ready. `hello` then reports
-`"sandbox": {"workdir", "output_cap", "max_read", "max_timeout"}`.
+to every command's environment, and the sandbox is ready. `hello` also reports
+`"sandbox": {"workdir", "output_cap", "max_read", "max_timeout"}` (bytes, bytes, bytes, s).
 
 - `sandbox_run` `{"cmd", "timeout_s", "max_bytes", "shell"}`: every run is a fresh `shell` as the
   command user (the policy's uid and gid, no supplementary groups), in its own session and process
@@ -70,7 +70,7 @@ FILE_THREADS = 4
 HASH_CHUNK = 1024 * 1024
 #: The temporary file of an upload: `.<name><suffix>` next to the destination.
 UPLOAD_SUFFIX = ".orsbox-upload"
-NAME_MAX = 255
+NAME_MAX = 255  # bytes in one path component (Linux)
 
 Handler = Callable[[Dict[str, Any]], Awaitable[Any]]
 T = TypeVar("T")
@@ -209,7 +209,7 @@ class Sandbox:
         except asyncio.TimeoutError:
             timed_out = True
         finally:
-            if proc.returncode is None:
+            if timed_out or proc.returncode is None:
                 _kill_group(proc.pid)
                 await proc.wait()
         _, pending = await asyncio.wait([pump, feeder], timeout=DRAIN)
