@@ -20,8 +20,15 @@ from typing import Any, Dict
 
 PROTOCOL_VERSION = 1
 
-#: Largest frame the agent accepts from the server (bytes): tool input, task specs.
-MAX_REQUEST_BYTES = 16 * 1024 * 1024
+#: Largest frame the agent accepts from the server (bytes): tool input, task specs, a sandbox's command
+#: (up to MAX_SANDBOX_CMD_BYTES, JSON-escaped). A longer line ends the connection: the server must not send one.
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+
+#: Sandbox mode: `serve --entrypoint sandbox` runs no Environment, only the sandbox methods below.
+#: Real entrypoints are `module:Class`, so this name never is one.
+SANDBOX_ENTRYPOINT = "sandbox"
+#: Longest `cmd` of a `sandbox_run` (bytes, UTF-8).
+MAX_SANDBOX_CMD_BYTES = 16 * 1024 * 1024
 
 
 def frame_limit(output_cap: int) -> int:
@@ -40,18 +47,30 @@ class Method:
     TASK_TOOLS = "task_tools"  # -> {"tools": [...]}
     CALL_TOOL = "call_tool"  # {"name", "input"} -> {"ok": true, "output"} | {"ok": false, ...}
     TEARDOWN = "teardown"  # -> {}
+    # Sandbox mode only (see runtime/sandbox.py); setup takes {"task": {}, "secrets", "sandbox": {"env", "workdir"}}.
+    SANDBOX_RUN = "sandbox_run"  # {"cmd", "timeout_s", "max_bytes", "shell"} -> {"output": base64, "return_code", ...}
+    SANDBOX_STAT = "sandbox_stat"  # {"path", "sha256"} -> {"size", "sha256"?}
+    SANDBOX_READ = "sandbox_read"  # {"path", "offset", "length"} -> {"data": base64, "file_size"}
+    SANDBOX_WRITE = "sandbox_write"  # {"path", "offset", "data": base64, "mkdirs"} -> {"size"}
+    SANDBOX_COMMIT = "sandbox_commit"  # {"path", "size"} -> {"sha256", "size"}
 
 
 class ErrorType:
     """Error types an agent may report. The server maps each through a fixed table."""
 
-    BAD_REQUEST = "bad_request"  # malformed frame or params
+    BAD_REQUEST = "bad_request"  # malformed frame or params; sandbox files: a symlink, directory, FIFO, device (400)
     UNKNOWN_METHOD = "unknown_method"
     NOT_SET_UP = "not_set_up"  # a session method before setup succeeded
     SETUP_FAILED = "setup_failed"  # the environment's constructor or setup() raised
     TOOL_FAILED = "tool_failed"  # the tool raised or returned something that is not a ToolOutput
     ENVIRONMENT_ERROR = "environment_error"  # prompt/task_tools/teardown raised
     INTERNAL = "internal"
+    # The sandbox methods' file errors (the server answers with the HTTP status named):
+    NOT_FOUND = "not_found"  # 404: no such file, or a path component is missing or not a directory
+    FORBIDDEN = "forbidden"  # 403: the command user may not (permission denied, read-only file system)
+    OUT_OF_RANGE = "out_of_range"  # 416: a read's offset is past the end of the file
+    NO_SPACE = "no_space"  # 507: no space left on the file system, or over a quota or size limit
+    IO_ERROR = "io_error"  # 500: any other error of the file system
 
 
 class WireError(Exception):

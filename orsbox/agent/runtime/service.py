@@ -22,6 +22,7 @@ from ..authoring.environment import Environment, call_maybe_async
 from ..wire import ErrorType, Method, WireError
 from .processes import RUNNER
 from .procfs import kill_processes
+from .sandbox import Sandbox
 
 
 def load_environment_class(entrypoint: str) -> Type[Environment]:
@@ -106,6 +107,8 @@ class Agent:
         self.state = "new"  # new -> ready | failed -> torn_down
         self.setup_error: Optional[str] = None
         self._setup_lock = asyncio.Lock()
+        # `--entrypoint sandbox`: no Environment, the sandbox methods (runtime/sandbox.py)
+        self.sandbox = Sandbox(RUNNER, enabled=entrypoint == wire.SANDBOX_ENTRYPOINT)
         self.handlers: Dict[str, Handler] = {
             Method.HELLO: self.hello,
             Method.SETUP: self.setup,
@@ -113,6 +116,7 @@ class Agent:
             Method.TASK_TOOLS: self.task_tools,
             Method.CALL_TOOL: self.call_tool,
             Method.TEARDOWN: self.teardown,
+            **self.sandbox.handlers(),
         }
 
     async def dispatch(self, frame: Dict[str, Any]) -> Any:
@@ -131,6 +135,7 @@ class Agent:
             "pid": os.getpid(),
             "environment": self.entrypoint,
             "state": self.state,
+            **self.sandbox.hello(),
         }
 
     async def setup(self, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -140,6 +145,10 @@ class Agent:
             if self.state != "new":
                 raise WireError(ErrorType.SETUP_FAILED, self.setup_error or "setup already ran")
             try:
+                if self.sandbox.enabled:
+                    self.sandbox.configure(params.get("sandbox"))
+                    self.state = "ready"
+                    return {}
                 cls = load_environment_class(self.entrypoint)
                 env = cls(params.get("task") or {}, params.get("secrets") or {})
                 await call_maybe_async(env.setup)
@@ -191,6 +200,7 @@ class Agent:
         except Exception as exc:
             raise WireError(ErrorType.ENVIRONMENT_ERROR, "%s: %s" % (type(exc).__name__, exc)) from None
         finally:
+            self.sandbox.close()
             kill_processes(RUNNER.limits.uid)  # the session's command user: its persistent shells too
         return {}
 
