@@ -49,6 +49,7 @@ class Config(BaseModel):
     key_starts_per_minute: int | None = Field(None, ge=1, description="creates per API key per minute (429 past it)")
     image_patterns: list[str] = Field(["orsbox/*"], min_length=1,
                                       description="globs on image repository[:tag]: only matching images are served")
+    pull_images: bool = Field(True, description="pull a sandbox's image the engine lacks (off: refuse it)")
     label_policies: list[str] = Field([], description="policies an image's orsbox.policy label may name")
     adopt: bool = Field(True, description="at start-up, serve again the sessions a previous run left running")
     keep_sessions: bool = Field(False, description="at shutdown, leave session containers for the next run")
@@ -78,6 +79,7 @@ class Config(BaseModel):
             "keys_file": os.environ.get("ORSBOX_KEYS_FILE"),
             "image_patterns": _names(os.environ.get("ORSBOX_IMAGE_PATTERNS")),
             "label_policies": _names(os.environ.get("ORSBOX_LABEL_POLICIES")),
+            "pull_images": os.environ.get("ORSBOX_PULL_IMAGES"),
         }
         values: dict[str, Any] = {k: v for k, v in env.items() if v is not None}
         values.update({k: v for k, v in overrides.items() if v is not None})

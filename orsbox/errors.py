@@ -99,12 +99,22 @@ class ImageRefused(OrsboxError):
     status, code = 403, "image_refused"
 
 
+class ImageUnavailable(OrsboxError):
+    """A sandbox's image is not on the engine and could not be pulled: final, the client does not retry."""
+
+    status, code = 404, "image_unavailable"
+
+
 class Forbidden(OrsboxError):
     status, code = 403, "forbidden"
 
 
 class RangeNotSatisfiable(OrsboxError):
     status, code = 416, "range_not_satisfiable"
+
+
+class InsufficientStorage(OrsboxError):
+    status, code = 507, "insufficient_storage"
 
 
 class NotFound(OrsboxError):

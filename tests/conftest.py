@@ -94,7 +94,7 @@ def aiohttp_client(aiohttp_client: Any) -> Any:
 @pytest.fixture
 def config(state_dir: Path, images: None) -> Config:
     return Config(state_dir=state_dir, node_id=NODE_ID, policies_dir=ROOT / "sandbox_policies",
-                  shutdown_timeout=20, api_keys=[API_KEY])
+                  shutdown_timeout=20, api_keys=[API_KEY], pull_images=False)
 
 
 @pytest.fixture

@@ -32,6 +32,27 @@ class EnvironmentImage:
 
 
 @dataclass(frozen=True)
+class FoundImage:
+    """An image an openreward sandbox names: its id, tags, and the working directory and variables it sets."""
+
+    image_id: str
+    tags: tuple[str, ...]
+    workdir: str | None
+    env: dict[str, str]
+
+    @classmethod
+    def from_config(cls, image_id: str, tags: tuple[str, ...], config: dict[str, Any]) -> FoundImage:
+        """From an engine's image config (`WorkingDir`, `Env` as NAME=value), read as untrusted strings."""
+        workdir = config.get("WorkingDir")
+        env: dict[str, str] = {}
+        for item in config.get("Env") or ():
+            name, sep, value = str(item).partition("=")
+            if sep and name and "\0" not in item and len(env) < 256:
+                env[name[:256]] = value[:8192]
+        return cls(image_id, tags, workdir if isinstance(workdir, str) and workdir.startswith("/") else None, env)
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     """Everything needed to start one session's sandbox."""
 
@@ -81,7 +102,7 @@ class Backend(Protocol):
     async def list_environment_images(self) -> list[EnvironmentImage]: ...
     async def describe(self, image: EnvironmentImage, policy: SandboxPolicy) -> dict[str, Any]: ...
     # An openreward sandbox's image by reference (pulled where missing and the engine can): its id and tags.
-    async def find_image(self, reference: str, *, timeout: float) -> tuple[str, tuple[str, ...]]: ...
+    async def find_image(self, reference: str, *, pull: bool, timeout: float) -> FoundImage: ...
     async def start(self, spec: SandboxSpec, *, timeout: float) -> Sandbox: ...  # removes what it made if it fails
     async def reattach(self, leftover: Leftover, policy: SandboxPolicy, *, timeout: float) -> Sandbox: ...
     async def remove(self, ref: SandboxRef) -> None: ...  # idempotent, never raises; its network too

@@ -23,7 +23,19 @@ import structlog
 
 from ..agent import wire
 from ..agent.wire import ErrorType
-from ..errors import AgentGone, EnvironmentFailed, OrsboxError, SandboxError, SetupFailed, ToolFailed
+from ..errors import (
+    AgentGone,
+    BadRequest,
+    EnvironmentFailed,
+    Forbidden,
+    InsufficientStorage,
+    NotFound,
+    OrsboxError,
+    RangeNotSatisfiable,
+    SandboxError,
+    SetupFailed,
+    ToolFailed,
+)
 
 log = structlog.get_logger()
 
@@ -32,6 +44,12 @@ ERROR_TABLE: dict[str, type[OrsboxError]] = {
     ErrorType.NOT_SET_UP: SetupFailed,
     ErrorType.TOOL_FAILED: ToolFailed,
     ErrorType.ENVIRONMENT_ERROR: EnvironmentFailed,
+    # an openreward sandbox's file operations
+    ErrorType.BAD_REQUEST: BadRequest,
+    ErrorType.NOT_FOUND: NotFound,
+    ErrorType.FORBIDDEN: Forbidden,
+    ErrorType.OUT_OF_RANGE: RangeNotSatisfiable,
+    ErrorType.NO_SPACE: InsufficientStorage,
 }
 
 CONNECT_POLL = 0.005  # s between attempts while the agent starts

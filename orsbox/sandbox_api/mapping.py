@@ -17,12 +17,13 @@ from pydantic import ValidationError
 
 from ..errors import BadRequest, ImageRefused
 from ..policy import SandboxPolicy
-from ..policy.model import parse_allow_entry
+from ..policy.model import MEMORY_HEADROOM, parse_allow_entry
 from ..sessions.secrets import covers
 from .models import CreateSandboxBody, NetworkPolicy
 
 SANDBOX_POLICY = "sandbox"  # the policy file sandboxes get (sandbox.toml over default.toml)
 MAX_ENV_BYTES = 256 * 1024  # names and values of `env` together
+TMPFS_FIELDS = ("tmp_size", "workspace_size", "home_size", "shm_size")  # held in the sandbox's memory
 UNSUPPORTED = {"bucket_config": "bucket mounts", "sidecars": "sidecar containers", "host_aliases": "host aliases"}
 
 
@@ -48,12 +49,22 @@ def plan_sandbox(body: CreateSandboxBody, policy: SandboxPolicy, image_patterns:
     network, allow = sandbox_network(body, policy)
     try:
         sized = SandboxPolicy.model_validate({**policy.model_dump(), "cpus": cpus, "memory": memory,
-                                              "network": network, "allow": allow})
+                                              "network": network, "allow": allow, **_tmpfs_within(policy, memory)})
     except ValidationError as exc:
         reason = exc.errors()[0]["msg"]
         raise BadRequest(f"machine_size {body.machine_size!r} does not fit the {SANDBOX_POLICY} policy: {reason}") \
             from None
     return SandboxPlan(body.image, sized, _env(body.env))
+
+
+def _tmpfs_within(policy: SandboxPolicy, memory: int) -> dict[str, int]:
+    """The policy's tmpfs sizes, shrunk in proportion where a smaller machine's memory cannot hold them all."""
+    sizes = {name: getattr(policy, name) for name in TMPFS_FIELDS}
+    room = memory - MEMORY_HEADROOM
+    total = sum(sizes.values())
+    if total <= room:
+        return sizes
+    return {name: max(1024**2, size * room // total // 1024**2 * 1024**2) for name, size in sizes.items()}
 
 
 def machine_size(text: str) -> tuple[float, int]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..agent.wire import Method
+from ..agent.wire import SANDBOX_ENTRYPOINT, Method
 from ..api.exchange import Exchange
 from ..api.keys import BACKEND, CONFIG, POLICIES, SESSIONS
 from ..api.openapi import SSE, Api
@@ -45,10 +45,11 @@ async def create_sandbox(x: Exchange[CreateSandboxBody]) -> web.StreamResponse:
         session = manager.registry.owned(body.task_id, x.owner)
     else:
         plan = plan_sandbox(body, x.app[POLICIES].resolve(SANDBOX_POLICY), x.app[CONFIG].image_patterns)
-        image_id, tags = await x.app[BACKEND].find_image(plan.image, timeout=PULL_TIMEOUT)
-        image = EnvironmentImage(SANDBOX_ENVIRONMENT, image_id, Method.SANDBOX_ENTRYPOINT, None, tags, "")
+        found = await x.app[BACKEND].find_image(plan.image, pull=x.app[CONFIG].pull_images, timeout=PULL_TIMEOUT)
+        image = EnvironmentImage(SANDBOX_ENVIRONMENT, found.image_id, SANDBOX_ENTRYPOINT, None, found.tags, "")
         env = EnvironmentInfo(image, plan.policy, [], [], {}, {})
-        session = manager.create_sandbox(str(uuid.uuid4()), x.principal, env, plan.env)
+        setup = {"env": {**found.env, **plan.env}, "workdir": found.workdir}
+        session = manager.create_sandbox(str(uuid.uuid4()), x.principal, env, setup)
     stream = EventStream(x.request, x.app[CONFIG].keepalive, x.app[CONFIG].sse_write_timeout)
     await stream.open()
     if session is None:
@@ -68,6 +69,10 @@ async def create_sandbox(x: Exchange[CreateSandboxBody]) -> web.StreamResponse:
 async def run(x: Exchange[RunBody]) -> web.StreamResponse:
     """Run a command (a fresh shell each time); the result `{output (base64), return_code, timed_out}`."""
     manager, body = x.app[SESSIONS], x.body
+    try:
+        body.cmd.encode()
+    except UnicodeEncodeError:
+        raise BadRequest("cmd is not valid Unicode (it holds a lone surrogate)") from None
     params: JSONObject = {"cmd": body.cmd, "timeout_s": body.timeout_s, "max_bytes": body.max_bytes,
                           "shell": body.shell}
     record = manager.find_call(x.session, body.task_id) if body.task_id else manager.start_request(

@@ -49,8 +49,8 @@ class Lifecycle:
                     sandbox = await asyncio.shield(session.sandbox_future)
                 sandbox.channel.on_close(lambda: self._agent_gone(session))
                 params: dict[str, object] = {"task": session.task, "secrets": secrets}
-                if session.sandbox_env is not None:
-                    params["sandbox"] = {"env": session.sandbox_env}
+                if session.sandbox_setup is not None:
+                    params["sandbox"] = session.sandbox_setup
                 await sandbox.channel.call(Method.SETUP, params)
             session.task = {}  # the agent holds it now; a big task spec must not stay in the server's memory
         except TimeoutError:

@@ -108,12 +108,12 @@ class SessionManager:
         return session
 
     def create_sandbox(self, sid: str, principal: Principal, env: EnvironmentInfo,
-                       variables: dict[str, str]) -> Session:
+                       setup: JSONObject) -> Session:
         """Register an openreward sandbox of `env` (its image and sized policy) and start it in the background."""
         if self.lifecycle.closing:
             raise ShuttingDown()
         self.registry.admit(sid, env, principal)
-        session = Session(id=sid, env=env, task={}, owner=principal.owner, sandbox_env=variables)
+        session = Session(id=sid, env=env, task={}, owner=principal.owner, sandbox_setup=setup)
         self.lifecycle.begin(session, {})
         log.info("sandbox_created", session_id=sid, env=env.name, image=env.image.tags[0][:200], key=principal.key_id)
         return session
@@ -155,7 +155,7 @@ class SessionManager:
     async def delete_sandbox(self, sid: str, owner: str) -> None:
         """End the openreward sandbox `sid` if it is live and `owner`'s (ORS sessions end by /delete only)."""
         session = self.registry.owned(sid, owner)
-        if session is not None and session.sandbox_env is not None:
+        if session is not None and session.sandbox_setup is not None:
             await self.lifecycle.end(session, "stopped by the client")
 
     # -- the episode --------------------------------------------------------------

@@ -44,7 +44,7 @@ class Session:
     calls: dict[str, CallRecord] = field(default_factory=dict)
     running_calls: int = 0
     start_task: asyncio.Task[None] | None = None
-    sandbox_env: dict[str, str] | None = None  # an openreward sandbox's: variables for its commands (else None)
+    sandbox_setup: JSONObject | None = None  # an openreward sandbox's {"env", "workdir"} for its agent (else None)
     end_task: asyncio.Task[None] | None = None
 
     @property

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from orsbox.agent.layout import SOCKET_NAME
+from orsbox.agent.runtime.procfs import user_pids
 from orsbox.agent.wire import frame_limit
 from orsbox.backends.backend import (
     EnvironmentImage,
+    FoundImage,
     Leftover,
     Sandbox,
     SandboxRef,
@@ -32,12 +34,23 @@ from orsbox.backends.backend import (
     parse_describe_output,
 )
 from orsbox.backends.channel import open_channel
-from orsbox.errors import SandboxError
+from orsbox.errors import ImageUnavailable, SandboxError
 from orsbox.policy import SandboxPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
-#: The uid the agent would run commands as: no host process may have it, since teardown kills that uid's processes.
-UNUSED_UID = 64123
+
+
+def _unused_uid() -> int:
+    """A uid no host process has, picked per test run: teardown kills every process of the command uid,
+    so two runs on one host (or a run and a helper's) must not share one."""
+    for candidate in range(60000 + os.getpid() % 4000, 65000):
+        if not user_pids(candidate):
+            return candidate
+    raise RuntimeError("no unused uid on this host")
+
+
+#: The uid the agent runs commands as (see `_unused_uid`).
+UNUSED_UID = _unused_uid()
 
 HOSTILE = "hostile:"  # entrypoints `hostile:MODE` start `hostile_agent.py MODE` instead of the agent
 ENVIRONMENTS = {
@@ -79,11 +92,11 @@ class FakeBackend:
                                  tags=(f"fake/{name}:latest",), created="0")
                 for name, entrypoint in self.environments.items()]
 
-    async def find_image(self, reference: str, *, timeout: float) -> tuple[str, tuple[str, ...]]:
+    async def find_image(self, reference: str, *, pull: bool, timeout: float) -> FoundImage:
         """Any `fake/…` image exists (a sandbox runs the agent on this host); others are missing."""
         if not reference.startswith("fake/"):
-            raise SandboxError(f"image {reference!r} is not on this engine and could not be pulled")
-        return f"fake:{reference}", (reference,)
+            raise ImageUnavailable(f"image {reference!r} is not on this engine and could not be pulled")
+        return FoundImage(f"fake:{reference}", (reference,), None, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
 
     async def describe(self, image: EnvironmentImage, policy: SandboxPolicy) -> dict[str, Any]:
         process = await asyncio.create_subprocess_exec(

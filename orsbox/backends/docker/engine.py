@@ -47,9 +47,17 @@ from ...agent.layout import (
     SOCKET_DIR,
     SOCKET_NAME,
 )
-from ...errors import SandboxError
+from ...errors import ImageUnavailable, SandboxError
 from ...policy import SandboxPolicy
-from ..backend import EnvironmentImage, Leftover, Sandbox, SandboxRef, SandboxSpec, parse_describe_output
+from ..backend import (
+    EnvironmentImage,
+    FoundImage,
+    Leftover,
+    Sandbox,
+    SandboxRef,
+    SandboxSpec,
+    parse_describe_output,
+)
 from ..channel import open_channel
 from ..network.networks import Firewall, SessionNetwork, SessionNetworks
 from .settings import container_settings, runtime_problem
@@ -193,15 +201,19 @@ class DockerBackend:
             await self._remove_container(container.id)
         return parse_describe_output(image, status, out, errors)
 
-    async def find_image(self, reference: str, *, timeout: float) -> tuple[str, tuple[str, ...]]:
-        """(id, tags) of the image `reference`, pulled first if the engine does not have it (within `timeout` s)."""
+    async def find_image(self, reference: str, *, pull: bool, timeout: float) -> FoundImage:
+        """The image `reference`, pulled first (within `timeout` s) if the engine lacks it and `pull`."""
         try:
             attrs = await self._run("inspect image", self.client.api.inspect_image, reference)
         except SandboxError as exc:
             if not isinstance(exc.__cause__, docker.errors.ImageNotFound | docker.errors.NotFound):
                 raise
+            if not pull:
+                raise ImageUnavailable(f"image {reference[:200]!r} is not on this engine, and pulling is off "
+                                       "(ORSBOX_PULL_IMAGES)") from None
             attrs = await self._pull(reference, timeout)
-        return str(attrs["Id"]), tuple(attrs.get("RepoTags") or (reference,))
+        return FoundImage.from_config(str(attrs["Id"]), tuple(attrs.get("RepoTags") or (reference,)),
+                                      attrs.get("Config") or {})
 
     async def _pull(self, reference: str, timeout: float) -> dict[str, Any]:
         repository, _, tag = reference.rpartition(":") if ":" in reference.rsplit("/", 1)[-1] else (
@@ -219,11 +231,11 @@ class DockerBackend:
             async with asyncio.timeout(timeout):
                 await self._run(f"pull image {reference[:200]}", pull)
         except TimeoutError:
-            raise SandboxError(f"image {reference[:200]!r} is not on this engine and could not be pulled "
-                               f"within {timeout:.0f} s") from None
+            raise ImageUnavailable(f"image {reference[:200]!r} is not on this engine and could not be pulled "
+                                   f"within {timeout:.0f} s") from None
         except SandboxError as exc:
-            raise SandboxError(f"image {reference[:200]!r} is not on this engine and could not be pulled: "
-                               f"{exc.detail}") from None
+            raise ImageUnavailable(f"image {reference[:200]!r} is not on this engine and could not be pulled: "
+                                   f"{exc.detail}") from None
         log.info("image_pulled", image=reference[:200])
         return dict(await self._run("inspect image", self.client.api.inspect_image, reference))
 
