@@ -40,7 +40,7 @@ class Adoption:
         started = time.monotonic()
         leftovers = await self.backend.list_leftovers()
         outcomes = await asyncio.gather(*(self._adopt_or_remove(leftover) for leftover in leftovers))
-        await self.backend.remove_orphan_networks(set(self.registry.live))
+        await self.backend.remove_orphans(set(self.registry.live))
         if leftovers:
             log.info("adoption_finished", adopted=sum(outcomes), removed=len(outcomes) - sum(outcomes),
                      seconds=round(time.monotonic() - started, 3))

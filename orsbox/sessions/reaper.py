@@ -66,7 +66,7 @@ class Reaper:
                 continue
             log.warning("orphan_container_removed", container=leftover.ref.name, session_id=sid)
             await self.backend.remove(leftover.ref)
-        await self.backend.remove_orphan_networks(set(live))
+        await self.backend.remove_orphans(set(live))
 
     async def watch_engine(self, interval: float) -> None:
         """Keep `engine_up` current; when the engine comes back, remove what it left behind."""
