@@ -36,7 +36,8 @@ class Adoption:
         self.config = config
 
     async def adopt_or_sweep(self) -> None:
-        """Serve again the ready sessions a previous run left; remove every other sandbox of this node."""
+        """Serve again the ready sessions a previous run left; remove every other sandbox of this node, then
+        (adoption done, so a folder being adopted is never taken) networks and folders no sandbox has."""
         started = time.monotonic()
         leftovers = await self.backend.list_leftovers()
         outcomes = await asyncio.gather(*(self._adopt_or_remove(leftover) for leftover in leftovers))

@@ -6,7 +6,8 @@ in. Engine errors become orsbox errors in `engine_errors`, and nowhere else.
 
 Each session container gets a host folder, `<state dir>/sessions/<container name>/`,
 mounted read-only at `/run/orsbox`: the server listens there and the agent dials in
-(`session_folder`).
+(`session_folder`). Folders that no container of this node and no sandbox of this
+process has are swept with the orphan networks (`remove_orphans`).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from ...policy import SandboxPolicy
 from ..backend import EnvironmentImage, Leftover, Sandbox, SandboxRef, SandboxSpec, parse_describe_output
 from ..channel import open_channel
 from ..network.networks import Firewall, SessionNetwork, SessionNetworks
-from ..session_folder import AgentListener, make_folder, remove_folder
+from ..session_folder import AgentListener, folder_names, make_folder, remove_folder
 from .settings import container_settings, runtime_problem
 
 log = structlog.get_logger()
@@ -306,9 +307,15 @@ class DockerBackend:
         return Firewall.problem()
 
     async def remove_orphans(self, live_sessions: set[str]) -> None:
-        """Remove this node's session networks (and rules) that no live session or left container has."""
+        """Remove this node's session networks (and rules) that no live session or left container has,
+        and the session folders that no container of this node and no sandbox of this process has."""
         containers = {leftover.ref.name for leftover in await self.list_leftovers()}
         await self.networks.remove_orphans(live_sessions, containers)
+        keep = containers | self._folders_in_use  # read with the folders below, with no await between
+        for name in folder_names(self.sessions_dir):
+            if CONTAINER_NAME.fullmatch(name) and name not in keep:
+                log.warning("orphan_folder_removed", folder=name)
+                remove_folder(self.sessions_dir, name)
 
     async def _remove_container(self, container_id: str) -> None:
         try:
