@@ -68,7 +68,9 @@ def remove_folder(parent: Path, name: str) -> None:
     """
     try:
         parent_fd = os.open(parent, os.O_PATH | os.O_DIRECTORY)
-    except FileNotFoundError:
+    except OSError as exc:
+        if not isinstance(exc, FileNotFoundError):
+            log.warning("session_folder_not_removed", folder=str(parent / name), error=str(exc)[:200])
         return
     try:
         try:
