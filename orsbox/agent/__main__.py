@@ -46,8 +46,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     RUNNER.configure(CommandLimits(**json.loads(args.limits)))
     if args.mode == "describe":
         return run_describe(args.entrypoint)
-    asyncio.run(serve(Agent(args.entrypoint), args.socket))
+    asyncio.run(run_serve(args.entrypoint, args.socket))
     return 0
+
+
+async def run_serve(entrypoint: str, socket: str) -> None:
+    """The agent is made in the running loop: on Python 3.8 an asyncio.Lock binds to the loop current when
+    it is made, and one made before asyncio.run() would bind to a stray loop (left unclosed at exit)."""
+    await serve(Agent(entrypoint), socket)
 
 
 if __name__ == "__main__":
