@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 
 def default_state_dir() -> Path:
-    """Where session folders and the catalog cache live; short, since socket paths are capped at 108 bytes."""
+    """Where session folders and the catalog cache live (any length: the server binds its agent sockets
+    through a descriptor of their folder, so the 108-byte cap on socket paths does not apply)."""
     return Path(os.environ.get("ORSBOX_STATE_DIR", "/var/lib/orsbox"))
 
 

@@ -72,12 +72,14 @@ build_images() {
   "$VENV/bin/orsbox" build
 }
 
-# gVisor: orsbox's runtimes for policies with `runtime = "runsc"`. The agent's socket needs
-# --host-uds=create; network "none" needs --network=none (runsc's own netstack cannot start in the
-# root network namespace here), the later network modes --network=host. Runtime arguments cannot be
-# set per container through the Docker API, hence one registered runtime per network mode.
-RUNSC_RUNTIMES='{"orsbox-runsc": ["--platform=ptrace", "--network=none", "--host-uds=create"],
-                 "orsbox-runsc-host": ["--platform=ptrace", "--network=host", "--host-uds=create"]}'
+# gVisor: orsbox's runtimes for policies with `runtime = "runsc"`. The agent dials in to the server's
+# socket on a read-only mount: --host-uds=open (connect to host sockets, create none); network "none"
+# needs --network=none (runsc's own netstack cannot start in the root network namespace here), the
+# later network modes --network=host. Runtime arguments cannot be set per container through the
+# Docker API, hence one registered runtime per network mode. Registered differently (an older orsbox's
+# --host-uds=create), they are registered again and dockerd reloaded.
+RUNSC_RUNTIMES='{"orsbox-runsc": ["--platform=ptrace", "--network=none", "--host-uds=open"],
+                 "orsbox-runsc-host": ["--platform=ptrace", "--network=host", "--host-uds=open"]}'
 
 ensure_runsc() {
   local skip="runsc (gVisor) tests will be skipped"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import signal
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -32,11 +35,53 @@ async def test_delete_removes_the_container_and_its_folder(ors: Ors, engine: doc
     assert labels["orsbox.managed"] == "1" and labels["orsbox.environment"] == "bash"
     assert labels["orsbox.session"] == sid
     folder = state_dir / "sessions" / container.name
-    assert folder.is_dir() and (folder / "agent.sock").is_socket()
+    assert folder.is_dir() and list(folder.iterdir()) == []  # the server's socket went once the agent dialed in
     assert oct(folder.stat().st_mode & 0o777) == "0o700"
     await ors.delete(sid)
     assert session_containers(engine, sid) == []
     assert not folder.exists()
+
+
+def plant_orphan_folders(sessions: Path, victim: Path) -> list[Path]:
+    """What a crash (or an older orsbox) could leave in `<state dir>/sessions`, named like session folders:
+    an empty folder, one with a stale socket, and a symlink to a host folder (whose file must stay)."""
+    sessions.mkdir(mode=0o700, exist_ok=True)
+    empty, with_socket, link = (sessions / f"orsbox-{secrets.token_hex(6)}-{secrets.token_hex(3)}" for _ in range(3))
+    empty.mkdir(mode=0o700)
+    with_socket.mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(with_socket / "agent.sock"))
+    link.symlink_to(victim)
+    return [empty, with_socket, link]
+
+
+async def test_orphaned_session_folders_are_swept_at_start_and_by_the_sweep(
+    aiohttp_client: Any, config: Config, engine: docker.DockerClient, state_dir: Path, tmp_path: Path
+) -> None:
+    sessions = state_dir / "sessions"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "agent.sock").write_text("a host file")
+    not_ours = sessions / "notes"  # not named like a session folder: not the sweep's business
+    orphans = plant_orphan_folders(sessions, victim)
+    not_ours.mkdir(exist_ok=True)
+    ors = Ors(await aiohttp_client(create_app(config.model_copy(update={"reap_interval": 0.05}))))
+    assert [orphan for orphan in orphans if os.path.lexists(orphan)] == []
+    assert not_ours.is_dir() and (victim / "agent.sock").read_text() == "a host file"
+
+    sid = await ors.new_session()
+    await ors.prompt(sid)
+    [container] = session_containers(engine, sid)
+    later = plant_orphan_folders(sessions, victim)
+    deadline = time.monotonic() + 10
+    while [orphan for orphan in later if os.path.lexists(orphan)] and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert [orphan for orphan in later if os.path.lexists(orphan)] == []
+    assert (sessions / container.name).is_dir()  # a live session's folder stays
+    assert (await ors.bash(sid, "echo served")).text == "served\n"
+    await ors.delete(sid)
+    assert (victim / "agent.sock").read_text() == "a host file"
+    not_ours.rmdir()
 
 
 async def test_the_container_is_hardened(ors: Ors, engine: docker.DockerClient) -> None:

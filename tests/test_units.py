@@ -120,10 +120,13 @@ def test_runsc_needs_orsbox_runtime_registered_with_its_arguments() -> None:
     assert container_settings(gvisor)["runtime"] == "orsbox-runsc"
     assert runtime_problem(SandboxPolicy(), {"runc": []}) is None
     missing = runtime_problem(gvisor, {"runc": []})
-    assert missing and "lacks" in missing and "daemon.json" in missing and "--host-uds=create" in missing
+    assert missing and "lacks" in missing and "daemon.json" in missing and "--host-uds=open" in missing
     bare = runtime_problem(gvisor, {"orsbox-runsc": ["--platform=ptrace"]})
     assert bare and "without --network=none" in bare
     assert runtime_problem(gvisor, {"orsbox-runsc": ["--network=none", "--host-uds=all"]}) is None
+    assert runtime_problem(gvisor, {"orsbox-runsc": ["--network=none", "--host-uds=open"]}) is None
+    creating = runtime_problem(gvisor, {"orsbox-runsc": ["--network=none", "--host-uds=create"]})
+    assert creating and "without --host-uds=open or --host-uds=all" in creating  # the agent dials in: it must open
 
 
 def test_start_up_refuses_policies_the_engine_cannot_run(tmp_path: Path) -> None:
@@ -131,7 +134,7 @@ def test_start_up_refuses_policies_the_engine_cannot_run(tmp_path: Path) -> None
     policies = PolicySet.load(tmp_path)
     with pytest.raises(ConfigError, match=r"bash\.toml: runtime 'runsc' needs the Docker runtime 'orsbox-runsc'"):
         policies.require_runtimes(runtime_check({"runc": []}))
-    policies.require_runtimes(runtime_check({"runc": [], "orsbox-runsc": ["--network=none", "--host-uds=create"]}))
+    policies.require_runtimes(runtime_check({"runc": [], "orsbox-runsc": ["--network=none", "--host-uds=open"]}))
 
 
 def orsbox(*args: str, engine: str) -> subprocess.CompletedProcess[str]:

@@ -1,6 +1,7 @@
 """The agent's entry point: `python3 -m orsbox.agent serve|describe --entrypoint module:Class`.
 
-`serve` listens on the session's Unix socket until the container is removed.
+`serve` dials in to the server on the session's Unix socket (the server listens, the
+agent connects, and connects again whenever it has no connection) until SIGTERM.
 `describe` prints the environment's discovery data as JSON on stdout and exits;
 the server runs it once per image in a locked-down container.
 """
@@ -25,7 +26,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python3 -m orsbox.agent")
     parser.add_argument("mode", choices=["serve", "describe"])
     parser.add_argument("--entrypoint", required=True, help="module:Class of the Environment")
-    parser.add_argument("--socket", default=os.path.join(SOCKET_DIR, SOCKET_NAME))
+    parser.add_argument("--socket", default=os.path.join(SOCKET_DIR, SOCKET_NAME), help="the server's socket to dial")
     parser.add_argument("--limits", default="{}", help="JSON object of CommandLimits fields (uid, gid, home, ...)")
     return parser.parse_args(argv)
 
@@ -47,8 +48,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     RUNNER.configure(CommandLimits(**json.loads(args.limits)))
     if args.mode == "describe":
         return run_describe(args.entrypoint)
-    asyncio.run(serve(Agent(args.entrypoint), args.socket))
+    asyncio.run(run_serve(args.entrypoint, args.socket))
     return 0
+
+
+async def run_serve(entrypoint: str, socket: str) -> None:
+    """The agent is made in the running loop: on Python 3.8 an asyncio.Lock binds to the loop current when
+    it is made, and one made before asyncio.run() would bind to a stray loop (left unclosed at exit)."""
+    await serve(Agent(entrypoint), socket)
 
 
 if __name__ == "__main__":

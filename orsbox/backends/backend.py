@@ -1,9 +1,10 @@
 """The backend seam: where a session's sandbox runs, as the SessionManager sees it.
 
 A backend starts a sandbox for a `SandboxSpec` and hands back a `Sandbox` whose
-agent is connected and has answered `hello` (`channel.open_channel`), lists what a
+agent has dialed in and answered `hello` (`channel.open_channel`), lists what a
 previous run left behind as typed `Leftover` records (it alone reads its labels),
-reattaches to one for adoption, and removes sandboxes idempotently. The Docker
+reattaches to one for adoption (listening again for its agent), and removes
+sandboxes idempotently, and what no sandbox uses any more (`remove_orphans`). The Docker
 backend (`backends/docker/engine.py`) is the real one; tests fill the same slot
 with a fake that runs the agent as a local process.
 """
@@ -107,7 +108,7 @@ class Backend(Protocol):
     async def reattach(self, leftover: Leftover, policy: SandboxPolicy, *, timeout: float) -> Sandbox: ...
     async def remove(self, ref: SandboxRef) -> None: ...  # idempotent, never raises; its network too
     async def list_leftovers(self) -> list[Leftover]: ...
-    async def remove_orphan_networks(self, live_sessions: set[str]) -> None: ...  # of no live session
+    async def remove_orphans(self, live_sessions: set[str]) -> None: ...  # networks, folders of no live session
     def network_problem(self) -> str | None: ...  # why sessions cannot have networks of their own here
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...

@@ -1,7 +1,8 @@
 """The server's side of the agent channel: newline-delimited JSON over a Unix socket.
 
-`open_channel` connects as soon as the agent listens and checks its `hello`: every
-backend hands sessions a channel opened this way. One reader task resolves an
+The agent dials in: the server listens in the sandbox's folder (`session_folder.AgentListener`),
+and `open_channel` takes the agent's one connection, stops listening, and checks its `hello`:
+every backend hands sessions a channel opened this way. One reader task resolves an
 `id -> Future` map. EOF (agent or container dead) fails every pending call with
 `AgentGone` and runs the close callbacks. Agent error types become orsbox errors
 through a fixed table, never by name lookup. The agent may be hostile: its `hello`
@@ -12,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -36,6 +35,7 @@ from ..errors import (
     SetupFailed,
     ToolFailed,
 )
+from .session_folder import AgentListener
 
 log = structlog.get_logger()
 
@@ -52,12 +52,10 @@ ERROR_TABLE: dict[str, type[OrsboxError]] = {
     ErrorType.NO_SPACE: InsufficientStorage,
 }
 
-CONNECT_POLL = 0.005  # s between attempts while the agent starts
 DECODE_OFF_LOOP = 256 * 1024  # bytes: frames longer than this are parsed in a thread
 YIELD_EVERY = 64  # frames read in a row before the reader lets other tasks run
 ABANDONED_IDS = 256  # request ids given up on (timed out) whose late answers are still accepted
 MAX_ERROR_MESSAGE = 4000  # characters of an agent's error message kept
-LIVENESS_POLL = 0.5  # s between "is the container still running?" checks while connecting
 
 
 @dataclass(frozen=True)
@@ -86,13 +84,23 @@ class Hello:
 
 
 async def open_channel(
-    socket_path: Path, *, timeout: float, is_alive: Callable[[], Awaitable[bool]], max_frame: int
+    listener: AgentListener, *, timeout: float, is_alive: Callable[[], Awaitable[bool]], max_frame: int
 ) -> tuple[AgentChannel, Hello]:
-    """Connect to the agent at `socket_path` once it listens, and check its hello; within `timeout` s.
+    """Take the agent's connection to `listener` (then closed: no second one), and check its hello;
+    each within `timeout` s. `is_alive` says whether the sandbox still runs (else the wait ends early).
 
     `max_frame` bounds every line the agent may send (`wire.frame_limit` of the session's output cap).
     """
-    channel = await AgentChannel.connect(socket_path, timeout=timeout, is_alive=is_alive, max_frame=max_frame)
+    try:
+        connection = await listener.accept(timeout=timeout, is_alive=is_alive)
+    finally:
+        listener.close()
+    try:
+        reader, writer = await asyncio.open_unix_connection(sock=connection, limit=max_frame)
+    except BaseException:
+        connection.close()
+        raise
+    channel = AgentChannel(reader, writer, max_frame)
     try:
         hello = Hello.parse(await channel.call(wire.Method.HELLO, timeout=timeout))
     except BaseException:
@@ -123,28 +131,6 @@ class AgentChannel:
         self.closed = False
         self.broken: str | None = None
         self._read_task = asyncio.create_task(self._read_loop())
-
-    @classmethod
-    async def connect(
-        cls, socket_path: Path, *, timeout: float, is_alive: Callable[[], Awaitable[bool]], max_frame: int
-    ) -> AgentChannel:
-        """Connect as soon as the agent listens; fail fast if its container dies first."""
-        deadline = time.monotonic() + timeout
-        next_liveness = time.monotonic() + LIVENESS_POLL
-        while True:
-            try:
-                reader, writer = await asyncio.open_unix_connection(str(socket_path), limit=max_frame)
-                return cls(reader, writer, max_frame)
-            except (FileNotFoundError, ConnectionRefusedError):
-                pass
-            now = time.monotonic()
-            if now > deadline:
-                raise SetupFailed(f"the sandbox's agent did not start listening within {timeout:.0f} s")
-            if now > next_liveness:
-                next_liveness = now + LIVENESS_POLL
-                if not await is_alive():
-                    raise SetupFailed("the sandbox's container exited before its agent started")
-            await asyncio.sleep(CONNECT_POLL)
 
     def on_close(self, callback: Callable[[], None]) -> None:
         """Run `callback` once when the connection ends (agent exit, container death, close())."""

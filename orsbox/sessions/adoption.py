@@ -36,11 +36,12 @@ class Adoption:
         self.config = config
 
     async def adopt_or_sweep(self) -> None:
-        """Serve again the ready sessions a previous run left; remove every other sandbox of this node."""
+        """Serve again the ready sessions a previous run left; remove every other sandbox of this node, then
+        (adoption done, so a folder being adopted is never taken) networks and folders no sandbox has."""
         started = time.monotonic()
         leftovers = await self.backend.list_leftovers()
         outcomes = await asyncio.gather(*(self._adopt_or_remove(leftover) for leftover in leftovers))
-        await self.backend.remove_orphan_networks(set(self.registry.live))
+        await self.backend.remove_orphans(set(self.registry.live))
         if leftovers:
             log.info("adoption_finished", adopted=sum(outcomes), removed=len(outcomes) - sum(outcomes),
                      seconds=round(time.monotonic() - started, 3))

@@ -2,7 +2,8 @@
 
 Every `reap_interval` s it ends what outlived its policy; every `SWEEP_EVERY`
 rounds (and whenever the engine comes back) it removes every sandbox of this node
-that no live session owns, then such networks: whatever failed, none is left behind.
+that no live session owns, then such networks and host folders: whatever failed,
+none is left behind.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class Reaper:
         self.registry.forget_ended(now)
 
     async def sweep(self) -> None:
-        """Remove every sandbox of this node that no live session owns, then such networks."""
+        """Remove every sandbox of this node that no live session owns, then such networks and folders."""
         live = self.registry.live
         owned = {session.sandbox.ref.id for session in live.values() if session.sandbox is not None}
         for leftover in await self.backend.list_leftovers():
@@ -66,7 +67,7 @@ class Reaper:
                 continue
             log.warning("orphan_container_removed", container=leftover.ref.name, session_id=sid)
             await self.backend.remove(leftover.ref)
-        await self.backend.remove_orphan_networks(set(live))
+        await self.backend.remove_orphans(set(live))
 
     async def watch_engine(self, interval: float) -> None:
         """Keep `engine_up` current; when the engine comes back, remove what it left behind."""

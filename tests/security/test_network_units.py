@@ -110,7 +110,7 @@ def test_runsc_on_a_network_uses_the_host_network_runtime() -> None:
     problem = runtime_problem(SandboxPolicy(runtime="runsc", network="full"), {"orsbox-runsc": ["--network=none"]})
     assert problem is not None and "'orsbox-runsc-host'" in problem and "--network=host" in problem
     wrong = runtime_problem(SandboxPolicy(runtime="runsc", network="full"),
-                            {"orsbox-runsc-host": ["--network=none", "--host-uds=create"]})
+                            {"orsbox-runsc-host": ["--network=none", "--host-uds=open"]})
     assert wrong is not None and "without --network=host" in wrong
     assert runtime_problem(SandboxPolicy(runtime="runsc", network="full"),
                            {"orsbox-runsc-host": ["--network=host", "--host-uds=all"]}) is None

@@ -2,6 +2,7 @@
 
 It fills the same `Backend` slot as the Docker backend, so the whole server
 (routes, sessions, channel, agent) runs for real; only the container is missing.
+As there, the server listens in each sandbox's folder and the agent dials in.
 For the fast tier: protocol, discovery, admission and SSE tests that need no Docker.
 Its environments (`fake_envs.py`) never run commands, since there is no sandbox
 around them, and the agent's command uid is one no host process uses.
@@ -13,7 +14,6 @@ import asyncio
 import itertools
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -34,6 +34,7 @@ from orsbox.backends.backend import (
     parse_describe_output,
 )
 from orsbox.backends.channel import open_channel
+from orsbox.backends.session_folder import AgentListener, remove_folder
 from orsbox.errors import ImageUnavailable, SandboxError
 from orsbox.policy import SandboxPolicy
 
@@ -69,7 +70,7 @@ class FakeSandbox:
 
 
 class FakeBackend:
-    """Sandboxes as local agent processes, each on a Unix socket in a temporary folder."""
+    """Sandboxes as local agent processes, each dialing in to a Unix socket in a temporary folder."""
 
     runtimes: dict[str, list[str]] = {"runc": []}  # noqa: RUF012 (the Backend protocol's attribute)
     agent_digest = "fake"
@@ -112,28 +113,30 @@ class FakeBackend:
             if self.fail_starts is not None:
                 raise SandboxError(self.fail_starts)
             folder = Path(tempfile.mkdtemp(prefix="obf-", dir="/tmp"))
-            socket = folder / SOCKET_NAME
-            process = await asyncio.create_subprocess_exec(
-                *self._agent("serve", spec.environment.entrypoint, spec.policy), "--socket", str(socket),
-                env=_agent_environment(), cwd="/", stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL)
-            self.sandboxes[ref.id] = FakeSandbox(spec, process, folder, time.time())
-            self.started += 1
-            return await self._connect(ref, timeout, spec.policy)
+            with AgentListener.open(folder) as listener:
+                process = await asyncio.create_subprocess_exec(
+                    *self._agent("serve", spec.environment.entrypoint, spec.policy),
+                    "--socket", str(folder / SOCKET_NAME), env=_agent_environment(), cwd="/",
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                self.sandboxes[ref.id] = FakeSandbox(spec, process, folder, time.time())
+                self.started += 1
+                return await self._connect(ref, listener, timeout, spec.policy)
         except BaseException:
             await self.remove(ref)
             raise
 
     async def reattach(self, leftover: Leftover, policy: SandboxPolicy, *, timeout: float) -> Sandbox:
-        return await self._connect(leftover.ref, timeout, policy)
+        with AgentListener.open(self.sandboxes[leftover.ref.id].folder) as listener:
+            return await self._connect(leftover.ref, listener, timeout, policy)
 
-    async def _connect(self, ref: SandboxRef, timeout: float, policy: SandboxPolicy) -> Sandbox:
+    async def _connect(self, ref: SandboxRef, listener: AgentListener, timeout: float,
+                       policy: SandboxPolicy) -> Sandbox:
         sandbox = self.sandboxes[ref.id]
 
         async def alive() -> bool:
             return sandbox.process.returncode is None
 
-        channel, hello = await open_channel(sandbox.folder / SOCKET_NAME, timeout=timeout, is_alive=alive,
+        channel, hello = await open_channel(listener, timeout=timeout, is_alive=alive,
                                             max_frame=frame_limit(policy.output_cap))
         return Sandbox(ref, channel, hello)
 
@@ -144,7 +147,7 @@ class FakeBackend:
         if sandbox.process.returncode is None:
             sandbox.process.kill()
         await sandbox.process.wait()
-        shutil.rmtree(sandbox.folder, ignore_errors=True)
+        remove_folder(sandbox.folder.parent, sandbox.folder.name)
 
     def kill(self, session_id: str) -> None:
         """Kill a session's agent, as if its container died."""
@@ -160,8 +163,8 @@ class FakeBackend:
                          policy_digest=s.spec.policy.digest(), image_id=s.spec.environment.image_id)
                 for ref_id, s in self.sandboxes.items()]
 
-    async def remove_orphan_networks(self, live_sessions: set[str]) -> None:
-        return None
+    async def remove_orphans(self, live_sessions: set[str]) -> None:
+        return None  # its folders go with their sandboxes
 
     def network_problem(self) -> str | None:
         return None if self.networks else "the fake backend gives sessions no networks"

@@ -1,6 +1,7 @@
 """A compromised agent: it speaks the channel protocol until the first tool call, then breaks it.
 
 `python hostile_agent.py MODE --socket PATH`, started by the fake backend for entrypoints `hostile:MODE`.
+Like the real agent, it dials in to the server's socket at PATH.
 It answers `hello` and `setup` as a real agent does (so the session becomes ready), then answers
 `call_tool` (and `prompt`) the hostile way MODE names:
 
@@ -20,9 +21,11 @@ import argparse
 import json
 import os
 import socket
+import time
 from typing import Any
 
 FLOOD_LIMIT = 1024**3  # bytes a flood sends at most, whatever happens
+DIAL_INTERVAL = 0.05  # s between dials while the server does not listen
 
 
 def answer(conn: socket.socket, frame: dict[str, Any]) -> None:
@@ -52,11 +55,19 @@ def misbehave(conn: socket.socket, mode: str, request: dict[str, Any]) -> None:
         answer(conn, {"id": request_id, "result": 5 if request["method"] == "prompt" else [1, 2]})
 
 
+def dial(path: str) -> socket.socket:
+    while True:
+        conn = socket.socket(socket.AF_UNIX)
+        try:
+            conn.connect(path)
+            return conn
+        except OSError:
+            conn.close()
+            time.sleep(DIAL_INTERVAL)
+
+
 def serve(mode: str, path: str) -> None:
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(path)
-    server.listen(1)
-    conn, _ = server.accept()
+    conn = dial(path)
     with conn, conn.makefile("rb") as lines:
         for line in lines:
             request = json.loads(line)

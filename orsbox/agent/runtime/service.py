@@ -1,7 +1,10 @@
-"""The agent's methods and its Unix-socket server.
+"""The agent's methods, and its end of the channel: it dials in to the server.
 
-One agent per container, one environment instance per agent. The server
-connects over `/run/orsbox/agent.sock` and sends wire frames (see `wire`).
+One agent per container, one environment instance per agent. The server listens
+on `/run/orsbox/agent.sock` (a read-only mount: the agent cannot write there, and
+needs not) and sends wire frames (see `wire`). The agent connects, serves that one
+connection, and whenever it has none (before the server listens, after a server
+restart) dials again every `DIAL_INTERVAL` s: a new server adopts it that way.
 """
 
 from __future__ import annotations
@@ -74,16 +77,12 @@ def _tasks_by_index(cls: Type[Environment], split: str) -> List[Dict[str, Any]]:
 
 Handler = Callable[[Dict[str, Any]], Awaitable[Any]]
 
+DIAL_INTERVAL = 0.1  # s between dials while no server listens (a failed connect() is cheap)
+
 
 async def serve(agent: Agent, path: str) -> None:
-    """Serve `agent` on the Unix socket `path` (only root may connect) until SIGTERM or SIGINT, then tear down."""
-    if os.path.exists(path):
-        os.unlink(path)
-    old_umask = os.umask(0o177)
-    try:
-        server = await asyncio.start_unix_server(agent.serve_connection, path=path, limit=wire.MAX_REQUEST_BYTES)
-    finally:
-        os.umask(old_umask)
+    """Serve `agent` to the server listening on the Unix socket `path`, dialing in whenever there is no
+    connection, until SIGTERM or SIGINT; then tear down."""
     stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def request_stop() -> None:
@@ -92,10 +91,29 @@ async def serve(agent: Agent, path: str) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, request_stop)
-    log("listening", socket=path, pid=os.getpid())
+    log("dialing", socket=path, pid=os.getpid())
+    dialing = asyncio.ensure_future(dial_in(agent, path))
     await stop
-    server.close()
+    dialing.cancel()
+    try:
+        await dialing
+    except asyncio.CancelledError:
+        pass
     await agent.teardown({})
+
+
+async def dial_in(agent: Agent, path: str) -> None:
+    """Connect to the server at `path` and serve that connection; again, forever (one at a time)."""
+    while True:
+        try:
+            reader, writer = await asyncio.open_unix_connection(path, limit=wire.MAX_REQUEST_BYTES)
+        except OSError:  # no server listens yet (no socket, or a stale one): try again soon
+            await asyncio.sleep(DIAL_INTERVAL)
+            continue
+        log("connected", socket=path)
+        await agent.serve_connection(reader, writer)
+        log("disconnected", socket=path)
+        await asyncio.sleep(DIAL_INTERVAL)  # a server that drops every connection gets no busy loop
 
 
 class Agent:
@@ -204,7 +222,7 @@ class Agent:
             kill_processes(RUNNER.limits.uid)  # the session's command user: its persistent shells too
         return {}
 
-    # -- the socket ------------------------------------------------------------
+    # -- the connection --------------------------------------------------------
 
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         write_lock = asyncio.Lock()

@@ -3,6 +3,11 @@
 docker-py blocks, so every engine call runs in one bounded executor sized to
 the client's connection pool, with the caller's contextvars (log fields) copied
 in. Engine errors become orsbox errors in `engine_errors`, and nowhere else.
+
+Each session container gets a host folder, `<state dir>/sessions/<container name>/`,
+mounted read-only at `/run/orsbox`: the server listens there and the agent dials in
+(`session_folder`). Folders that no container of this node and no sandbox of this
+process has are swept with the orphan networks (`remove_orphans`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextvars
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -45,7 +51,6 @@ from ...agent.layout import (
     LABEL_ROLE,
     LABEL_SESSION,
     SOCKET_DIR,
-    SOCKET_NAME,
 )
 from ...errors import ImageUnavailable, SandboxError
 from ...policy import SandboxPolicy
@@ -60,12 +65,19 @@ from ..backend import (
 )
 from ..channel import open_channel
 from ..network.networks import Firewall, SessionNetwork, SessionNetworks
+from ..session_folder import AgentListener, folder_names, make_folder, remove_folder
 from .settings import container_settings, runtime_problem
 
 log = structlog.get_logger()
 T = TypeVar("T")
 
 DESCRIBE_TIMEOUT = 60.0  # s
+#: Session containers' names, which their host folders share: a digest of the session id, then a random part.
+CONTAINER_NAME = re.compile(r"orsbox-[0-9a-f]{12}-[0-9a-f]{6}")
+
+
+def container_name(session_id: str) -> str:
+    return f"orsbox-{hashlib.sha256(session_id.encode()).hexdigest()[:12]}-{secrets.token_hex(3)}"
 
 
 @contextmanager
@@ -120,6 +132,7 @@ class DockerBackend:
         self.runtimes = runtimes if runtimes is not None else {"runc": []}  # name -> registered arguments
         self.state_dir = state_dir
         self.sessions_dir = state_dir / "sessions"
+        self._folders_in_use: set[str] = set()  # session folders of sandboxes this process started or reattached
         self.node_id = node_id
         self.agent_dir = stage_agent(state_dir)
         self.agent_digest = self.agent_dir.name
@@ -242,51 +255,60 @@ class DockerBackend:
     # -- sessions ------------------------------------------------------------
 
     async def start(self, spec: SandboxSpec, *, timeout: float) -> Sandbox:
-        """Create and start the session's container, and connect to its agent within `timeout` s.
+        """Create and start the session's container, and take its agent's dial-in within `timeout` s.
 
-        Whatever fails (or is cancelled) on the way, the container, its network and its folder are removed.
+        The server listens in the session's folder before the container starts, so the agent's first dial
+        gets through. Whatever fails (or is cancelled) on the way, the container, its network and its
+        folder are removed.
         """
         _require_runtime(spec.policy, self.runtimes)
-        name = f"orsbox-{hashlib.sha256(spec.session_id.encode()).hexdigest()[:12]}-{secrets.token_hex(3)}"
-        session_dir = self.sessions_dir / name
-        session_dir.mkdir(mode=0o700)
+        name = container_name(spec.session_id)
+        folder = make_folder(self.sessions_dir, name)
+        self._folders_in_use.add(name)
         labels = self._labels(role="session", environment=spec.environment.name)
         labels.update({LABEL_SESSION: spec.session_id, LABEL_POLICY_NAME: spec.policy.digest(),
                        LABEL_OWNER: spec.owner})
         command = self._agent_command("serve", spec.environment, spec.policy)
         ref = SandboxRef(id="", name=name)
         try:
-            network = None
-            if spec.policy.network != "none":  # its own network, named like the container
-                network = await self.networks.create(name, spec.session_id, spec.policy, self._labels(
-                    role="network", environment=spec.environment.name))
-            settings = self._settings(spec.policy, labels=labels, network=network)
-            settings["volumes"] = {
-                str(session_dir): {"bind": SOCKET_DIR, "mode": "rw"},
-                str(self.agent_dir): {"bind": AGENT_MOUNT, "mode": "ro"},
-            }
-            container = await self._create_once(name, spec.environment.image_id, command, settings)
-            ref = SandboxRef(id=container.id, name=name)
-            await self._run("start container", container.start)
-            log.info("container_started", container=name)
-            return await self._connect(ref, timeout, spec.policy)
+            with AgentListener.open(folder) as listener:
+                network = None
+                if spec.policy.network != "none":  # its own network, named like the container
+                    network = await self.networks.create(name, spec.session_id, spec.policy, self._labels(
+                        role="network", environment=spec.environment.name))
+                settings = self._settings(spec.policy, labels=labels, network=network)
+                settings["volumes"] = {
+                    str(folder): {"bind": SOCKET_DIR, "mode": "ro"},  # the container cannot write host storage
+                    str(self.agent_dir): {"bind": AGENT_MOUNT, "mode": "ro"},
+                }
+                container = await self._create_once(name, spec.environment.image_id, command, settings)
+                ref = SandboxRef(id=container.id, name=name)
+                await self._run("start container", container.start)
+                log.info("container_started", container=name)
+                return await self._connect(ref, listener, timeout, spec.policy)
         except BaseException:
             await self.remove(ref)
             raise
 
     async def reattach(self, leftover: Leftover, policy: SandboxPolicy, *, timeout: float) -> Sandbox:
-        """Connect again to a left-over session container's agent, and restore its network (rules, proxy)."""
-        sandbox = await self._connect(leftover.ref, timeout, policy)
+        """Listen again in a left-over session container's folder for its agent (which redials whenever it
+        has no connection), and restore its network (rules, proxy)."""
+        name = leftover.ref.name
+        if not CONTAINER_NAME.fullmatch(name):
+            raise SandboxError(f"{name[:80]!r} is not named like a session container")
+        self._folders_in_use.add(name)
+        with AgentListener.open(self.sessions_dir / name) as listener:
+            sandbox = await self._connect(leftover.ref, listener, timeout, policy)
         try:
-            await self.networks.restore(leftover.ref.name, policy)
+            await self.networks.restore(name, policy)
         except BaseException:
             await sandbox.channel.close()
             raise
         return sandbox
 
-    async def _connect(self, ref: SandboxRef, timeout: float, policy: SandboxPolicy) -> Sandbox:
-        channel, hello = await open_channel(self.sessions_dir / ref.name / SOCKET_NAME, timeout=timeout,
-                                            is_alive=lambda: self._is_running(ref),
+    async def _connect(self, ref: SandboxRef, listener: AgentListener, timeout: float,
+                       policy: SandboxPolicy) -> Sandbox:
+        channel, hello = await open_channel(listener, timeout=timeout, is_alive=lambda: self._is_running(ref),
                                             max_frame=wire.frame_limit(policy.output_cap))
         return Sandbox(ref, channel, hello)
 
@@ -322,16 +344,24 @@ class DockerBackend:
         with its firewall rules and proxy, and its session folder."""
         await self._remove_container(ref.id or ref.name)
         await self.networks.remove(ref.name)
-        shutil.rmtree(self.sessions_dir / ref.name, ignore_errors=True)
+        if CONTAINER_NAME.fullmatch(ref.name):
+            remove_folder(self.sessions_dir, ref.name)
+        self._folders_in_use.discard(ref.name)
 
     def network_problem(self) -> str | None:
         """Why sessions cannot get networks of their own here (no iptables, not root), or None."""
         return Firewall.problem()
 
-    async def remove_orphan_networks(self, live_sessions: set[str]) -> None:
-        """Remove this node's session networks (and rules) that no live session or left container has."""
+    async def remove_orphans(self, live_sessions: set[str]) -> None:
+        """Remove this node's session networks (and rules) that no live session or left container has,
+        and the session folders that no container of this node and no sandbox of this process has."""
         containers = {leftover.ref.name for leftover in await self.list_leftovers()}
         await self.networks.remove_orphans(live_sessions, containers)
+        keep = containers | self._folders_in_use  # read with the folders below, with no await between
+        for name in folder_names(self.sessions_dir):
+            if CONTAINER_NAME.fullmatch(name) and name not in keep:
+                log.warning("orphan_folder_removed", folder=name)
+                remove_folder(self.sessions_dir, name)
 
     async def _remove_container(self, container_id: str) -> None:
         try:

@@ -34,11 +34,13 @@ from ..network.modes import ALLOWLIST_DNS, ALLOWLIST_DNS_OPTIONS, network_summar
 SECCOMP_PROFILE = Path(__file__).parent / "seccomp.json"
 
 #: Docker runtime name for `runtime = "runsc"`, per network mode, and the runtime arguments it must be
-#: registered with: the agent's socket needs `--host-uds`; network "none" needs runsc's `--network=none`,
-#: a container on a Docker network `--network=host` (gVisor's own netstack fails on such hosts).
+#: registered with: the agent dials in to the server's socket on its read-only mount, which needs
+#: `--host-uds=open` (connect to host sockets; `all` also lets it create them, which the agent never does);
+#: network "none" needs runsc's `--network=none`, a container on a Docker network `--network=host`
+#: (gVisor's own netstack fails on such hosts).
 RUNSC_RUNTIMES: dict[str, str] = {"none": "orsbox-runsc", "allowlist": "orsbox-runsc-host", "full": "orsbox-runsc-host"}
 RUNSC_NETWORK_ARG = {"orsbox-runsc": "--network=none", "orsbox-runsc-host": "--network=host"}
-HOST_UDS_ARGS = ("--host-uds=create", "--host-uds=all")
+HOST_UDS_ARGS = ("--host-uds=open", "--host-uds=all")
 
 SESSION_NETWORK_PLACEHOLDER = "<the session's network>"
 
