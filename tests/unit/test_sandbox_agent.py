@@ -24,9 +24,11 @@ from typing import Any
 import pytest
 
 from orsbox.agent import wire
+from orsbox.agent.layout import SOCKET_NAME
 from orsbox.agent.runtime import sandbox, service
 from orsbox.agent.runtime.procfs import kill_processes, user_pids
 from orsbox.agent.wire import ErrorType, Method, WireError
+from orsbox.backends.session_folder import AgentListener, make_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 4 * 1024 * 1024 - 64 * 1024  # openreward's FILE_CHUNK_BYTES
@@ -132,16 +134,19 @@ async def start_agent(box: Box) -> AsyncIterator[StartAgent]:
 
     async def start(*, sandbox: dict[str, Any] | None = None, setup: bool = True, entrypoint: str = "sandbox",
                     **limits: Any) -> Agent:
-        socket = box.root / f"agent-{len(agents)}.sock"
-        process = await asyncio.create_subprocess_exec(
-            AGENT_PYTHON, "-B", "-m", "orsbox.agent", "serve", "--entrypoint", entrypoint, "--socket", str(socket),
-            "--limits", json.dumps({"uid": box.uid, "gid": box.uid, **limits}), cwd=box.work,
-            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}, stderr=asyncio.subprocess.DEVNULL)
-        for _ in range(500):
-            if socket.exists():
-                break
-            await asyncio.sleep(0.01)
-        reader, writer = await asyncio.open_unix_connection(str(socket), limit=64 * MiB)
+        folder = make_folder(box.root, f"agent-{len(agents)}")
+        with AgentListener.open(folder) as listener:  # the server listens; the agent dials in
+            process = await asyncio.create_subprocess_exec(
+                AGENT_PYTHON, "-B", "-m", "orsbox.agent", "serve", "--entrypoint", entrypoint,
+                "--socket", str(folder / SOCKET_NAME),
+                "--limits", json.dumps({"uid": box.uid, "gid": box.uid, **limits}), cwd=box.work,
+                env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}, stderr=asyncio.subprocess.DEVNULL)
+
+            async def alive() -> bool:
+                return process.returncode is None
+
+            connection = await listener.accept(timeout=30, is_alive=alive)
+        reader, writer = await asyncio.open_unix_connection(sock=connection, limit=64 * MiB)
         agent = Agent(process, reader, writer)
         agents.append(agent)
         if setup:
