@@ -392,6 +392,47 @@ async def measure_server(server: ServerProcess, sessions: int, calls: int, concu
 # ---------------------------------------------------------------- docker baseline
 
 
+SANDBOX_CREATES = 8  # sandboxes opened one after another, for create → first run
+SANDBOX_RUNS = 100  # `/run true` round trips on one sandbox
+SANDBOX_FILE_BYTES = 32 * 1024 * 1024  # uploaded with upload_from, then fetched with download_to
+
+
+async def measure_sandboxes(server: ServerProcess, work: Path) -> dict[str, Any]:
+    """openreward's sandbox API on orsbox, through openreward's own client: create → first `run`,
+    `run true` round trips, and upload/download throughput."""
+    from openreward.api.sandboxes.client import AsyncSandboxesAPI
+    from openreward.api.sandboxes.types import SandboxSettings
+
+    settings = SandboxSettings(environment="bench", image=IMAGE, machine_size="1:1")
+    creates: list[float] = []
+    for _ in range(SANDBOX_CREATES):
+        started = time.perf_counter()
+        async with AsyncSandboxesAPI(base_url=server.url, api_key=API_KEY, settings=settings) as box:
+            await box.check_run("true")
+            creates.append(time.perf_counter() - started)
+    async with AsyncSandboxesAPI(base_url=server.url, api_key=API_KEY, settings=settings) as box:
+        for _ in range(WARMUP_CALLS):
+            await box.check_run("true")
+        runs = []
+        for _ in range(SANDBOX_RUNS):
+            started = time.perf_counter()
+            await box.check_run("true")
+            runs.append(time.perf_counter() - started)
+        local = work / "sandbox-upload.bin"
+        local.write_bytes(os.urandom(SANDBOX_FILE_BYTES))
+        started = time.perf_counter()
+        await box.upload_from(local, "/workspace/bench.bin")
+        upload = time.perf_counter() - started
+        started = time.perf_counter()
+        await box.download_to("/workspace/bench.bin", work / "sandbox-download.bin")
+        download = time.perf_counter() - started
+        local.unlink()
+        (work / "sandbox-download.bin").unlink()
+    mb = SANDBOX_FILE_BYTES / 1e6
+    return {"create_to_first_run": summary(creates), "run_rtt": summary(runs),
+            "upload_mb_s": round(mb / upload, 1), "download_mb_s": round(mb / download, 1)}
+
+
 @dataclass
 class Baseline:
     exec_cli: list[float] = field(default_factory=list)
@@ -516,6 +557,18 @@ def render_table(results: dict[str, Any]) -> str:
          f"sleep: {mib(b['container_memory'].get('usage_bytes'))} / {mib(b['container_memory'].get('rss_bytes'))}",
          "(no container)"),
     ]
+    box = results.get("sandbox") or {}
+    if "run_rtt" in box:
+        rows += [
+            ("sandbox API: create → first `run`, p50 / p90 (ms)", pair(box["create_to_first_run"], "p50_ms", "p90_ms"),
+             "run --rm true: " + pair(b_sum["run_cli"], "p50_ms", "p90_ms"), "(no sandbox API)"),
+            ("sandbox API: `run true` round trip, p50 / p99 (ms)", pair(box["run_rtt"], "p50_ms", "p99_ms"),
+             "exec API: " + pair(b_sum["exec_api"], "p50_ms", "p99_ms"), ""),
+            ("sandbox API: upload_from / download_to 32 MB (MB/s)",
+             f"{box['upload_mb_s']} / {box['download_mb_s']}", "", ""),
+        ]
+    elif box:
+        rows.append(("sandbox API", f"failed: {box.get('error', '?')[:60]}", "", ""))
     headers = ("metric", "orsbox (container/session)", "docker exec / docker run", "reference (unsandboxed)")
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(4)]
 
@@ -649,6 +702,11 @@ def main(argv: list[str] | None = None) -> int:
             results["orsbox"] = run_to_json(asyncio.run(measure_server(
                 orsbox, args.sessions, args.calls, args.concurrency, my_session_containers)))
             results["orsbox"]["containers_left_after_deletes"] = len(my_session_containers())
+            print("measuring orsbox's sandbox API", file=sys.stderr, flush=True)
+            try:
+                results["sandbox"] = asyncio.run(measure_sandboxes(orsbox, logs))
+            except Exception as exc:  # one phase failing must not lose the others' figures
+                results["sandbox"] = {"error": f"{type(exc).__name__}: {exc}"}
             print("measuring the reference server", file=sys.stderr, flush=True)
             results["reference"] = run_to_json(asyncio.run(measure_server(
                 reference, args.sessions, args.calls, args.concurrency, None)))

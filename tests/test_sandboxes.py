@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +19,9 @@ from openreward.api.sandboxes.client import AsyncSandboxesAPI
 from openreward.api.sandboxes.types import SandboxSettings
 
 from .support.managed import session_containers
-from .support.ors import Ors
-from .support.run import API_KEY
+from .support.ors import Ors, parse_sse
+from .support.run import API_KEY, NODE_ID
+from .support.server import OrsboxProcess
 
 pytestmark = [pytest.mark.docker, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -94,3 +98,28 @@ async def test_a_missing_image_fails_fast_with_its_reason(url: str, ors: Any) ->
     with pytest.raises(aiohttp.ClientResponseError) as refused:
         await asyncio.wait_for(box.start(), 600)
     assert refused.value.status == 404 and "not on this engine" in refused.value.message
+
+
+async def test_a_rolling_restart_keeps_a_sandbox(state_dir: Path, engine: docker.DockerClient, tmp_path: Path) -> None:
+    first = OrsboxProcess(state_dir=state_dir, node_id=NODE_ID, log_path=tmp_path / "server.log",
+                          args=("--keep-sessions",)).start()
+    second = None
+    try:
+        box = AsyncSandboxesAPI(base_url=first.url, api_key=API_KEY, settings=SandboxSettings(**SETTINGS))
+        await box.start()
+        await box.check_run("echo kept > /workspace/state")
+        if box._ping_task is not None:
+            box._ping_task.cancel()
+        assert first.signal(signal.SIGTERM) == 0
+        second = OrsboxProcess(state_dir=state_dir, node_id=NODE_ID, log_path=tmp_path / "server.log").start()
+        async with second.client() as http:
+            headers = {"X-Session-ID": box.sid or ""}
+            response = await http.post("/run", json={"cmd": "cat /workspace/state"}, headers=headers)
+            event, data = parse_sse(await response.read())[-1]
+            assert event == "end" and base64.b64decode(json.loads(data)["output"]) == b"kept\n"
+            assert (await http.post("/delete_session", headers=headers)).status == 200
+        assert session_containers(engine, box.sid or "") == []
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()

@@ -39,5 +39,6 @@ LABEL_CREATED = "orsbox.created"  # unix time
 LABEL_AGENT = "orsbox.agent"  # agent protocol version
 LABEL_ROLE = "orsbox.role"  # "session", "describe" or "network"
 LABEL_NETWORK_MODE = "orsbox.network"  # on session networks: the policy's network mode
+LABEL_SANDBOX = "orsbox.sandbox"  # on openreward sandboxes: what was asked for (JSON, no env), for adoption
 LABEL_OWNER = "orsbox.owner"  # on session containers: who created the session (never the key)
 LABEL_INPUTS = "orsbox.inputs"  # on built images: the hash of their build inputs

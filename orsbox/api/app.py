@@ -69,7 +69,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         yield
 
     async def sessions(app: web.Application) -> AsyncIterator[None]:
-        app[SESSIONS] = manager = SessionManager(app[BACKEND], app[CATALOG], config)
+        app[SESSIONS] = manager = SessionManager(app[BACKEND], app[CATALOG], config, app[POLICIES])
         await manager.start(ENGINE_WATCH_INTERVAL)  # labels are the state: serve again or remove what was left
         yield
         await manager.close(timeout=config.shutdown_timeout)

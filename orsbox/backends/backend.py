@@ -61,6 +61,7 @@ class SandboxSpec:
     environment: EnvironmentImage
     policy: SandboxPolicy
     owner: str  # who created the session (a digest, never a key)
+    sandbox_request: str | None = None  # an openreward sandbox's request (JSON, no env), kept for adoption
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Leftover:
     status: str  # the engine's word: "running", "exited", ...
     policy_digest: str | None  # the digest of the policy it was started with
     image_id: str | None  # the image it runs
+    sandbox_request: str | None = None  # an openreward sandbox's request (JSON), untrusted
 
 
 class Backend(Protocol):

@@ -72,6 +72,15 @@ def parse_allow_entry(entry: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def covers(domain: str, host: str) -> bool:
+    """Whether the allowed `domain` (a name, or `*.name` for its sub-domains) includes the allow entry `host`."""
+    if domain.startswith("*."):
+        parent = domain[2:]
+        name = host[2:] if host.startswith("*.") else host
+        return (name == parent and host.startswith("*.")) or name.endswith("." + parent)
+    return not host.startswith("*.") and host == domain
+
+
 #: Memory that full tmpfs mounts must still leave to commands and the agent (bytes).
 MEMORY_HEADROOM = 64 * 1024**2
 

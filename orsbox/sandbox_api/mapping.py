@@ -10,18 +10,22 @@ sizes, presets, deny or path rules, audit mode) is refused by name rather than i
 from __future__ import annotations
 
 import fnmatch
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from ..agent.wire import SANDBOX_ENTRYPOINT
+from ..backends.backend import EnvironmentImage
+from ..catalog import EnvironmentInfo
 from ..errors import BadRequest, ImageRefused
 from ..policy import SandboxPolicy
-from ..policy.model import MEMORY_HEADROOM, parse_allow_entry
-from ..sessions.secrets import covers
+from ..policy.model import MEMORY_HEADROOM, covers, parse_allow_entry
 from .models import CreateSandboxBody, NetworkPolicy
 
 SANDBOX_POLICY = "sandbox"  # the policy file sandboxes get (sandbox.toml over default.toml)
+SANDBOX_ENVIRONMENT = "sandbox"  # the environment label of sandbox containers
 MAX_ENV_BYTES = 256 * 1024  # names and values of `env` together
 TMPFS_FIELDS = ("tmp_size", "workspace_size", "home_size", "shm_size")  # held in the sandbox's memory
 UNSUPPORTED = {"bucket_config": "bucket mounts", "sidecars": "sidecar containers", "host_aliases": "host aliases"}
@@ -65,6 +69,27 @@ def _tmpfs_within(policy: SandboxPolicy, memory: int) -> dict[str, int]:
     if total <= room:
         return sizes
     return {name: max(1024**2, size * room // total // 1024**2 * 1024**2) for name, size in sizes.items()}
+
+
+def sandbox_environment(plan: SandboxPlan, image_id: str, tags: tuple[str, ...]) -> EnvironmentInfo:
+    """The environment a sandbox session runs: its image with the agent in sandbox mode, its sized policy."""
+    image = EnvironmentImage(SANDBOX_ENVIRONMENT, image_id, SANDBOX_ENTRYPOINT, None, tags or (plan.image,), "")
+    return EnvironmentInfo(image, plan.policy, [], [], {}, {})
+
+
+def request_label(body: CreateSandboxBody) -> str:
+    """What a sandbox asked for, without `env` (it may hold secrets), for its container's label."""
+    return json.dumps({"image": body.image, "machine_size": body.machine_size, "block_network": body.block_network,
+                       "network": body.network.model_dump() if body.network else None}, separators=(",", ":"))
+
+
+def replan(request: str, policy: SandboxPolicy, image_patterns: Sequence[str]) -> SandboxPlan:
+    """The plan a left-over sandbox's request label gives under today's policy (for adoption); raises
+    ValueError (or BadRequest, ImageRefused) if the label is not one or no longer fits."""
+    fields = json.loads(request)
+    if not isinstance(fields, dict):
+        raise ValueError("the sandbox label is not an object")
+    return plan_sandbox(CreateSandboxBody.model_validate({**fields, "environment": ""}), policy, image_patterns)
 
 
 def machine_size(text: str) -> tuple[float, int]:

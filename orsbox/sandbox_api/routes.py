@@ -15,22 +15,19 @@ from typing import Any
 
 from aiohttp import web
 
-from ..agent.wire import SANDBOX_ENTRYPOINT, Method
+from ..agent.wire import Method
 from ..api.exchange import Exchange
 from ..api.keys import BACKEND, CONFIG, POLICIES, SESSIONS
 from ..api.openapi import SSE, Api
 from ..api.sse import EventStream
-from ..backends.backend import EnvironmentImage
-from ..catalog import EnvironmentInfo
 from ..errors import BadRequest, OrsboxError, SandboxError
 from ..protocol import JSONObject
 from ..sessions import State
-from .mapping import SANDBOX_POLICY, plan_sandbox
+from .mapping import SANDBOX_POLICY, plan_sandbox, request_label, sandbox_environment
 from .models import CreateSandboxBody, RunBody
 
 sandbox_api = Api()
 
-SANDBOX_ENVIRONMENT = "sandbox"  # the environment label of sandbox containers
 MAX_RUN_BODY = 16 * 1024 * 1024  # a /run's JSON: `upload()` sends a 10 MiB file as a 13.4 MB command
 MAX_CHUNK = 4 * 1024 * 1024  # bytes of one /write_file or /read_file (the client's chunks: 4 MiB - 64 KiB)
 AGENT_PIECE = 768 * 1024  # bytes per agent read: its answer frame stays under every session's frame limit
@@ -46,10 +43,9 @@ async def create_sandbox(x: Exchange[CreateSandboxBody]) -> web.StreamResponse:
     else:
         plan = plan_sandbox(body, x.app[POLICIES].resolve(SANDBOX_POLICY), x.app[CONFIG].image_patterns)
         found = await x.app[BACKEND].find_image(plan.image, pull=x.app[CONFIG].pull_images, timeout=PULL_TIMEOUT)
-        image = EnvironmentImage(SANDBOX_ENVIRONMENT, found.image_id, SANDBOX_ENTRYPOINT, None, found.tags, "")
-        env = EnvironmentInfo(image, plan.policy, [], [], {}, {})
+        env = sandbox_environment(plan, found.image_id, found.tags)
         setup = {"env": {**found.env, **plan.env}, "workdir": found.workdir}
-        session = manager.create_sandbox(str(uuid.uuid4()), x.principal, env, setup)
+        session = manager.create_sandbox(str(uuid.uuid4()), x.principal, env, setup, request_label(body))
     stream = EventStream(x.request, x.app[CONFIG].keepalive, x.app[CONFIG].sse_write_timeout)
     await stream.open()
     if session is None:

@@ -14,9 +14,12 @@ import time
 import structlog
 
 from ..backends.backend import Backend, Leftover
-from ..catalog import Catalog
+from ..catalog import Catalog, EnvironmentInfo
 from ..config import Config
 from ..errors import EnvNotFound, OrsboxError
+from ..policy import PolicySet
+from ..protocol import JSONObject
+from ..sandbox_api.mapping import SANDBOX_ENVIRONMENT, SANDBOX_POLICY, replan, sandbox_environment
 from .lifecycle import Lifecycle
 from .registry import Registry
 from .session import Session, State
@@ -28,7 +31,8 @@ ADOPT_CONNECT_TIMEOUT = 5.0  # s to reach a left-over sandbox's agent
 
 class Adoption:
     def __init__(self, backend: Backend, catalog: Catalog, registry: Registry, lifecycle: Lifecycle,
-                 config: Config) -> None:
+                 config: Config, policies: PolicySet) -> None:
+        self.policies = policies
         self.backend = backend
         self.catalog = catalog
         self.registry = registry
@@ -57,6 +61,21 @@ class Adoption:
         await self.backend.remove(leftover.ref)
         return False
 
+    def _environment(self, leftover: Leftover) -> EnvironmentInfo | str:
+        """What the left-over sandbox would run if started now, or why nothing would: an ORS environment of
+        the catalog, or an openreward sandbox re-planned from its request label under today's policy."""
+        if leftover.environment == SANDBOX_ENVIRONMENT and leftover.sandbox_request is not None:
+            try:
+                plan = replan(leftover.sandbox_request, self.policies.resolve(SANDBOX_POLICY),
+                              self.config.image_patterns)
+            except (ValueError, OrsboxError) as exc:
+                return f"its sandbox request no longer fits: {getattr(exc, 'detail', str(exc))[:300]}"
+            return sandbox_environment(plan, leftover.image_id or "", ())
+        try:
+            return self.catalog.get(leftover.environment or "")
+        except EnvNotFound:
+            return f"environment {leftover.environment!r} is no longer served"
+
     async def _adopt(self, leftover: Leftover) -> str | None:
         """Reconnect to a left-over session sandbox; the reason it cannot be adopted, or None."""
         if leftover.role != "session" or not leftover.session_id:
@@ -65,10 +84,9 @@ class Adoption:
             return "it has no owner label"
         if not leftover.running:
             return f"the container is {leftover.status}"
-        try:
-            env = self.catalog.get(leftover.environment or "")
-        except EnvNotFound:
-            return f"environment {leftover.environment!r} is no longer served"
+        env = self._environment(leftover)
+        if isinstance(env, str):
+            return env
         age = time.time() - leftover.created
         if age > env.policy.max_lifetime:
             return f"past its max lifetime of {env.policy.max_lifetime:.0f} s"
@@ -84,8 +102,10 @@ class Adoption:
         if sandbox.hello.state != "ready":
             await sandbox.channel.close()
             return f"its agent is {sandbox.hello.state!r}"
+        sandbox_setup: JSONObject | None = {} if leftover.sandbox_request is not None else None  # its agent has it
         session = Session(id=leftover.session_id, env=env, task={}, owner=leftover.owner,
-                          created=time.monotonic() - age, state=State.READY)
+                          created=time.monotonic() - age, state=State.READY, sandbox_setup=sandbox_setup,
+                          sandbox_request=leftover.sandbox_request)
         session.sandbox_future = asyncio.get_running_loop().create_future()
         session.sandbox_future.set_result(sandbox)
         session.settled.set()

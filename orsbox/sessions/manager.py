@@ -17,6 +17,7 @@ from ..backends.backend import Backend
 from ..catalog import Catalog, EnvironmentInfo
 from ..config import Config
 from ..errors import BadRequest, NotReady, ShuttingDown
+from ..policy import PolicySet
 from ..protocol import JSONObject, Secret
 from .adoption import Adoption
 from .calls import Calls, channel_of
@@ -33,7 +34,7 @@ log = structlog.get_logger()
 class SessionManager:
     """Owns sessions and every background task of theirs."""
 
-    def __init__(self, backend: Backend, catalog: Catalog, config: Config) -> None:
+    def __init__(self, backend: Backend, catalog: Catalog, config: Config, policies: PolicySet) -> None:
         self.catalog = catalog
         self.config = config
         self.tasks = Tasks()
@@ -41,7 +42,7 @@ class SessionManager:
         self.lifecycle = Lifecycle(backend, self.registry, self.tasks, config)
         self.calls = Calls(self.registry, self.tasks, config)
         self.reaper = Reaper(backend, self.registry, self.lifecycle, config)
-        self.adoption = Adoption(backend, catalog, self.registry, self.lifecycle, config)
+        self.adoption = Adoption(backend, catalog, self.registry, self.lifecycle, config, policies)
         self._background: list[asyncio.Task[None]] = []
 
     # -- the manager's own lifecycle ---------------------------------------------
@@ -107,13 +108,14 @@ class SessionManager:
         log.info("session_created", session_id=sid, env=env.name, task_id=task.get("id"), key=principal.key_id)
         return session
 
-    def create_sandbox(self, sid: str, principal: Principal, env: EnvironmentInfo,
-                       setup: JSONObject) -> Session:
+    def create_sandbox(self, sid: str, principal: Principal, env: EnvironmentInfo, setup: JSONObject,
+                       request: str) -> Session:
         """Register an openreward sandbox of `env` (its image and sized policy) and start it in the background."""
         if self.lifecycle.closing:
             raise ShuttingDown()
         self.registry.admit(sid, env, principal)
-        session = Session(id=sid, env=env, task={}, owner=principal.owner, sandbox_setup=setup)
+        session = Session(id=sid, env=env, task={}, owner=principal.owner, sandbox_setup=setup,
+                          sandbox_request=request)
         self.lifecycle.begin(session, {})
         log.info("sandbox_created", session_id=sid, env=env.name, image=env.image.tags[0][:200], key=principal.key_id)
         return session

@@ -18,7 +18,7 @@ import structlog
 
 from ..errors import BadSecrets
 from ..policy import SandboxPolicy
-from ..policy.model import parse_allow_entry
+from ..policy.model import covers, parse_allow_entry
 from ..protocol import Secret
 
 log = structlog.get_logger()
@@ -49,12 +49,3 @@ def leak_problem(secret: Secret, policy: SandboxPolicy) -> str | None:
     outside = [host for host, _ in map(parse_allow_entry, policy.allow)
                if not any(covers(domain, host) for domain in secret.allowed_domains)]
     return f"sessions of this environment can also reach {', '.join(outside)}" if outside else None
-
-
-def covers(domain: str, host: str) -> bool:
-    """Whether the allowed `domain` (a name, or `*.name` for its sub-domains) includes the allow entry `host`."""
-    if domain.startswith("*."):
-        parent = domain[2:]
-        name = host[2:] if host.startswith("*.") else host
-        return (name == parent and host.startswith("*.")) or name.endswith("." + parent)
-    return not host.startswith("*.") and host == domain

@@ -45,6 +45,7 @@ class Session:
     running_calls: int = 0
     start_task: asyncio.Task[None] | None = None
     sandbox_setup: JSONObject | None = None  # an openreward sandbox's {"env", "workdir"} for its agent (else None)
+    sandbox_request: str | None = None  # an openreward sandbox's request, as labelled on its container
     end_task: asyncio.Task[None] | None = None
 
     @property

@@ -160,7 +160,8 @@ class FakeBackend:
                          session_id=s.spec.session_id, environment=s.spec.environment.name, owner=s.spec.owner,
                          created=s.created, running=s.process.returncode is None,
                          status="running" if s.process.returncode is None else "exited",
-                         policy_digest=s.spec.policy.digest(), image_id=s.spec.environment.image_id)
+                         policy_digest=s.spec.policy.digest(), image_id=s.spec.environment.image_id,
+                         sandbox_request=s.spec.sandbox_request)
                 for ref_id, s in self.sandboxes.items()]
 
     async def remove_orphans(self, live_sessions: set[str]) -> None:

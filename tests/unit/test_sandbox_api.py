@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -22,6 +24,7 @@ from openreward.api.sandboxes.types import FileTransferError, SandboxEgressRule,
 from orsbox.api.keys import SESSIONS
 
 from ..support.fake_backend import UNUSED_UID, FakeBackend
+from ..support.ors import parse_sse
 from ..support.run import API_KEY
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -211,3 +214,36 @@ async def test_a_resumed_run_replays_its_result(sandbox: AsyncSandboxesAPI, url:
         assert again.split("event: end")[1] == first.split("event: end")[1]
         unknown = await (await http.post("/run", json={"cmd": "x", "task_id": "nope"}, headers=headers)).text()
         assert "event: error" in unknown and "unknown task_id" in unknown
+
+
+async def test_a_restarted_server_adopts_a_sandbox_and_its_files(server: Any, backend: FakeBackend,
+                                                                files: Path) -> None:
+    first = await server(keep_sessions=True)
+    url = str(first.http.make_url("")).rstrip("/")
+    box = AsyncSandboxesAPI(base_url=url, api_key=API_KEY, settings=settings(env={"KEPT": "yes"}))
+    await box.start()
+    await box.check_run(f"echo before > {files}/state")
+    box._ping_task.cancel() if box._ping_task else None
+    await first.http.close()  # a rolling restart: the sandbox stays for the next run
+    second = await server()
+    async with aiohttp.ClientSession(str(second.http.make_url("")).rstrip("/")) as http:
+        headers = {"X-API-Key": API_KEY, "X-Session-ID": box.sid or ""}
+        response = await http.post("/run", json={"cmd": f"cat {files}/state; echo $KEPT"}, headers=headers)
+        event, data = parse_sse(await response.read())[-1]
+        assert event == "end" and base64.b64decode(json.loads(data)["output"]) == b"before\nyes\n"
+        assert (await http.post("/delete_session", headers=headers)).status == 200
+    assert not backend.sandboxes
+
+
+async def test_a_sandbox_whose_request_no_longer_fits_is_not_adopted(server: Any, backend: FakeBackend,
+                                                                    policies: Path) -> None:
+    (policies / "sandbox.toml").write_text('cpus = 2.0\nmemory = "2g"\n')
+    first = await server(keep_sessions=True)
+    url = str(first.http.make_url("")).rstrip("/")
+    box = AsyncSandboxesAPI(base_url=url, api_key=API_KEY, settings=settings(machine_size="2:2"))
+    await box.start()
+    box._ping_task.cancel() if box._ping_task else None
+    await first.http.close()
+    (policies / "sandbox.toml").write_text('cpus = 1.0\nmemory = "2g"\n')  # ops shrink what sandboxes may have
+    await server()
+    assert not backend.sandboxes

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from orsbox.policy import SandboxPolicy
+from orsbox.policy.model import covers
 from orsbox.protocol import Secret
-from orsbox.sessions.secrets import covers, leak_problem
+from orsbox.sessions.secrets import leak_problem
 
 from ..support.fake_backend import FakeBackend
 from ..support.run import API_KEY

@@ -49,6 +49,7 @@ from ...agent.layout import (
     LABEL_OWNER,
     LABEL_POLICY_NAME,
     LABEL_ROLE,
+    LABEL_SANDBOX,
     LABEL_SESSION,
     SOCKET_DIR,
 )
@@ -268,6 +269,8 @@ class DockerBackend:
         labels = self._labels(role="session", environment=spec.environment.name)
         labels.update({LABEL_SESSION: spec.session_id, LABEL_POLICY_NAME: spec.policy.digest(),
                        LABEL_OWNER: spec.owner})
+        if spec.sandbox_request is not None:
+            labels[LABEL_SANDBOX] = spec.sandbox_request
         command = self._agent_command("serve", spec.environment, spec.policy)
         ref = SandboxRef(id="", name=name)
         try:
@@ -504,7 +507,8 @@ def _leftover(container: dict[str, Any]) -> Leftover:
                     role=label(LABEL_ROLE, 32) or "", session_id=label(LABEL_SESSION),
                     environment=label(LABEL_ENVIRONMENT),
                     owner=label(LABEL_OWNER, 64), created=created, running=status == "running", status=status,
-                    policy_digest=label(LABEL_POLICY_NAME, 64), image_id=str(container.get("ImageID", ""))[:80] or None)
+                    policy_digest=label(LABEL_POLICY_NAME, 64), image_id=str(container.get("ImageID", ""))[:80] or None,
+                    sandbox_request=label(LABEL_SANDBOX, 16 * 1024))
 
 
 def _wait(container: Any, timeout: float) -> int:
