@@ -83,6 +83,15 @@ def request_label(body: CreateSandboxBody) -> str:
                        "network": body.network.model_dump() if body.network else None}, separators=(",", ":"))
 
 
+def asked_for_network(request: str | None) -> bool:
+    """Whether a sandbox's request label holds a `network` policy (only those may get another)."""
+    try:
+        fields = json.loads(request or "null")
+    except ValueError:
+        return False
+    return isinstance(fields, dict) and fields.get("network") is not None
+
+
 def replan(request: str, policy: SandboxPolicy, image_patterns: Sequence[str]) -> SandboxPlan:
     """The plan a left-over sandbox's request label gives under today's policy (for adoption); raises
     ValueError (or BadRequest, ImageRefused) if the label is not one or no longer fits."""
@@ -120,12 +129,12 @@ def sandbox_network(body: CreateSandboxBody, policy: SandboxPolicy) -> tuple[str
     if policy.network == "none":
         raise BadRequest(f"the {SANDBOX_POLICY} policy gives sandboxes no network; "
                          "create it with block_network=True or without network")
-    if policy.network == "allowlist":
-        outside = [entry for entry in wanted if not _within(entry, policy.allow)]
-        if outside:
-            raise BadRequest(f"network rules ask for {', '.join(outside)}, which the {SANDBOX_POLICY} policy does "
-                             f"not allow (it allows {', '.join(policy.allow)})")
-    return "allowlist", wanted
+    return "allowlist", _within_policy(wanted, policy)
+
+
+def allowlist_update(network: NetworkPolicy, policy: SandboxPolicy) -> tuple[str, ...]:
+    """The allow entries `set_network` gives an allowlist sandbox: within the sandbox policy (empty: nothing)."""
+    return _within_policy(_allow_entries(network), policy)
 
 
 def image_allowed(image: str, patterns: Sequence[str]) -> bool:
@@ -165,6 +174,20 @@ def _allow_entries(network: NetworkPolicy) -> tuple[str, ...]:
                 raise BadRequest(f"network rule host {rule.host[:100]!r}: {exc}") from None
             entries.append(entry)
     return tuple(dict.fromkeys(entries))
+
+
+def _within_policy(wanted: tuple[str, ...], policy: SandboxPolicy) -> tuple[str, ...]:
+    """The entries of `wanted` an allowlist policy permits (a host on the ports it allows there); a host the
+    policy allows on no port is refused. A `full` policy permits them all."""
+    if policy.network != "allowlist":
+        return wanted
+    kept = tuple(entry for entry in wanted if _within(entry, policy.allow))
+    hosts = {entry.rsplit(":", 1)[0] for entry in wanted}
+    refused = sorted(hosts - {entry.rsplit(":", 1)[0] for entry in kept})
+    if refused:
+        raise BadRequest(f"network rules ask for {', '.join(refused)[:300]}, which the {SANDBOX_POLICY} policy "
+                         f"does not allow (it allows {', '.join(policy.allow)[:300]})")
+    return kept
 
 
 def _within(entry: str, allowed: Sequence[str]) -> bool:

@@ -23,8 +23,15 @@ from ..api.sse import EventStream
 from ..errors import BadRequest, OrsboxError, SandboxError
 from ..protocol import JSONObject
 from ..sessions import State
-from .mapping import SANDBOX_POLICY, plan_sandbox, request_label, sandbox_environment
-from .models import CreateSandboxBody, RunBody
+from .mapping import (
+    SANDBOX_POLICY,
+    allowlist_update,
+    asked_for_network,
+    plan_sandbox,
+    request_label,
+    sandbox_environment,
+)
+from .models import CreateSandboxBody, NetworkPolicy, RunBody
 
 sandbox_api = Api()
 
@@ -136,11 +143,15 @@ async def write_file(x: Exchange[bytes]) -> Any:
     return {"written": len(x.body)}
 
 
-@sandbox_api.post("/set_network", answer=JSONObject, gated=True)
-async def set_network(x: Exchange[None]) -> Any:
-    """Replace a running sandbox's egress policy (not supported yet: set it at creation)."""
-    raise BadRequest("changing a running sandbox's network policy is not supported by orsbox; "
-                     "create the sandbox with the network it needs")
+@sandbox_api.post("/set_network", body=NetworkPolicy, answer=JSONObject, gated=True)
+async def set_network(x: Exchange[NetworkPolicy]) -> Any:
+    """Replace the egress rules of a sandbox created with `network=` (its open connections are cut)."""
+    session, sandbox = x.session, x.session.sandbox
+    if sandbox is None or not asked_for_network(session.sandbox_request) or session.env.policy.network != "allowlist":
+        raise BadRequest("only a sandbox created with a network policy (network=...) can be given another")
+    allow = allowlist_update(x.body, x.app[POLICIES].resolve(SANDBOX_POLICY))
+    await x.app[BACKEND].replace_allowlist(sandbox.ref, allow)
+    return {"allow": list(allow)}
 
 
 def _run_result(answer: object) -> JSONObject:

@@ -80,6 +80,7 @@ class FakeBackend:
         self.environments = environments or ENVIRONMENTS
         self.networks = networks  # accept policies with a network (the agent still runs with the host's)
         self.policy_labels: dict[str, str] = {}  # environment -> its image's orsbox.policy label
+        self.allowlists: dict[str, tuple[str, ...]] = {}  # sandbox id -> the allowlist set_network gave it
         self.start_delay = start_delay  # s, before each start (a slow engine)
         self.fail_starts: str | None = None  # set: every start fails with this message (a broken engine)
         self.engine_up = True
@@ -166,6 +167,9 @@ class FakeBackend:
 
     async def remove_orphans(self, live_sessions: set[str]) -> None:
         return None  # its folders go with their sandboxes
+
+    async def replace_allowlist(self, ref: SandboxRef, allow: tuple[str, ...]) -> None:
+        self.allowlists[ref.id] = allow  # what a test can check: the fake has no proxy
 
     def network_problem(self) -> str | None:
         return None if self.networks else "the fake backend gives sessions no networks"

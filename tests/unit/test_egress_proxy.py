@@ -252,6 +252,18 @@ async def test_a_plain_request_goes_on_in_origin_form(proxies: StartProxy, upstr
     assert answer == f"GET /a?b=1 HTTP/1.1\r\nHost: {NAME}:{upstream.port}\r\nConnection: close\r\n\r\n".encode()
 
 
+async def test_a_replaced_allowlist_applies_at_once_and_cuts_what_the_old_one_let_through(
+        proxies: StartProxy, upstream: Upstream) -> None:
+    """`set_network` on a sandbox: the new rules hold for the next request, and open tunnels end."""
+    proxy = await proxies()
+    reader, writer = await tunnel(proxy, upstream.port)
+    assert await proxy.replace_allowlist([f"other.test:{upstream.port}"]) == 1
+    assert await until_closed(reader) == b""
+    writer.close()
+    answer = await ask(proxy, f"CONNECT {NAME}:{upstream.port} HTTP/1.1\r\n\r\n".encode())
+    assert status(answer) == 403
+
+
 async def test_a_host_not_listed_is_refused_and_logged(proxies: StartProxy, upstream: Upstream) -> None:
     proxy = await proxies()
     with structlog.testing.capture_logs() as logs:

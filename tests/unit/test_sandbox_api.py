@@ -43,6 +43,12 @@ def files() -> Iterator[Path]:
 
 
 @pytest.fixture
+def backend() -> FakeBackend:
+    """Sandbox policies with networks are accepted (the fake has no proxy: what is checked is what it is given)."""
+    return FakeBackend(networks=True)
+
+
+@pytest.fixture
 async def url(server: Any) -> str:
     ors = await server()
     return str(ors.http.make_url("")).rstrip("/")
@@ -247,3 +253,40 @@ async def test_a_sandbox_whose_request_no_longer_fits_is_not_adopted(server: Any
     (policies / "sandbox.toml").write_text('cpus = 1.0\nmemory = "2g"\n')  # ops shrink what sandboxes may have
     await server()
     assert not backend.sandboxes
+
+
+ALLOWLIST_SANDBOXES = 'network = "allowlist"\nallow = ["api.example.com:443", "*.files.example.com:443"]\n'
+
+
+@pytest.fixture
+async def networked(server: Any, policies: Path) -> str:
+    (policies / "sandbox.toml").write_text(ALLOWLIST_SANDBOXES)
+    ors = await server()
+    return str(ors.http.make_url("")).rstrip("/")
+
+
+async def test_network_rules_narrow_the_policy_and_set_network_replaces_them(networked: str,
+                                                                             backend: FakeBackend) -> None:
+    rules = SandboxNetworkPolicy(rules=[SandboxEgressRule(action="allow", host="api.example.com")])
+    async with AsyncSandboxesAPI(base_url=networked, api_key=API_KEY, settings=settings(network=rules)) as box:
+        [sandbox] = backend.sandboxes.values()
+        assert sandbox.spec.policy.network == "allowlist" and sandbox.spec.policy.allow == ("api.example.com:443",)
+        await box.set_network(SandboxNetworkPolicy(rules=[SandboxEgressRule(action="allow",
+                                                                            host="cdn.files.example.com")]))
+        assert list(backend.allowlists.values()) == [("cdn.files.example.com:443",)]
+        with pytest.raises(aiohttp.ClientResponseError) as outside:
+            await box.set_network(SandboxNetworkPolicy(rules=[SandboxEgressRule(action="allow", host="evil.test")]))
+        assert outside.value.status == 400 and "evil.test" in outside.value.message
+        await box.set_network(SandboxNetworkPolicy())  # no rule: nothing allowed
+        assert list(backend.allowlists.values()) == [()]
+
+
+async def test_a_sandbox_created_without_a_network_policy_gets_none_later(networked: str,
+                                                                          backend: FakeBackend) -> None:
+    async with AsyncSandboxesAPI(base_url=networked, api_key=API_KEY,
+                                 settings=settings(block_network=True)) as box:
+        [sandbox] = backend.sandboxes.values()
+        assert sandbox.spec.policy.network == "none"
+        with pytest.raises(aiohttp.ClientResponseError) as refused:
+            await box.set_network(SandboxNetworkPolicy())
+        assert refused.value.status == 400 and "network=" in refused.value.message

@@ -351,6 +351,9 @@ class DockerBackend:
             remove_folder(self.sessions_dir, ref.name)
         self._folders_in_use.discard(ref.name)
 
+    async def replace_allowlist(self, ref: SandboxRef, allow: tuple[str, ...]) -> None:
+        await self.networks.replace_allowlist(ref.name, allow)  # the network is named like its container
+
     def network_problem(self) -> str | None:
         """Why sessions cannot get networks of their own here (no iptables, not root), or None."""
         return Firewall.problem()

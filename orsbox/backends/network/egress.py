@@ -273,6 +273,17 @@ class EgressProxy:
         log.info("egress_proxy_started", session_id=self.session_id, network=self.network,
                  address=f"{self.host}:{self.port}")
 
+    async def replace_allowlist(self, allow: Sequence[str]) -> int:
+        """From now on allow `allow`; connections opened under the old list are cut (their number)."""
+        self.allowlist = Allowlist(allow)
+        opened = list(self._tasks)
+        for task in opened:
+            task.cancel()
+        await asyncio.gather(*opened, return_exceptions=True)
+        log.info("egress_allowlist_replaced", session_id=self.session_id, network=self.network,
+                 entries=len(allow), cut=len(opened))
+        return len(opened)
+
     async def close(self) -> None:
         """Stop listening and cut every open connection."""
         if self._server is not None:

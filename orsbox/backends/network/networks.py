@@ -30,7 +30,7 @@ import random
 import re
 import shlex
 import shutil
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,6 +256,13 @@ class SessionNetworks:
         if network.mode == "allowlist" and name not in self._proxies:
             await self._start_proxy(network, policy)
         self._live[name] = network
+
+    async def replace_allowlist(self, name: str, allow: Sequence[str]) -> None:
+        """The allowlist network `name`'s proxy allows `allow` from now on (its open connections are cut)."""
+        proxy = self._proxies.get(name)
+        if proxy is None:
+            raise SandboxError(f"{name} has no egress proxy here: its network is not an allowlist one")
+        await proxy.replace_allowlist(allow)
 
     async def remove(self, name: str) -> None:
         """Stop the proxy, remove the network, then its rules. Idempotent; never raises (failures are
