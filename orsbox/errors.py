@@ -150,6 +150,10 @@ class TooManySessions(OrsboxError):
     status, code = 429, "too_many_sessions"
     retry_after = 5
 
+    def __init__(self, detail: str, *, limit: str = "server") -> None:
+        super().__init__(detail)
+        self.limit = limit  # which: server, environment, key_sessions, key_starts (a metrics label)
+
 
 class ShuttingDown(OrsboxError):
     status, code = 503, "shutting_down"

@@ -13,10 +13,12 @@ from ..backends.docker.engine import DockerBackend
 from ..backends.docker.settings import runtime_check
 from ..catalog import Catalog
 from ..config import Config
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..metrics import Metrics
 from ..policy import PolicySet
 from ..sandbox_api.routes import MAX_RUN_BODY, sandbox_api
 from ..sessions import SessionManager
-from .keys import BACKEND, CATALOG, CONFIG, KEYRING, POLICIES, SESSIONS
+from .keys import BACKEND, CATALOG, CONFIG, KEYRING, METRICS, POLICIES, SESSIONS
 from .middleware import authenticate, errors_to_http, redirect_bare_paths, request_context
 from .routes import api
 
@@ -39,6 +41,11 @@ def keyring(config: Config) -> KeyRing:
     return ring
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics (needs an API key like every route but /health)."""
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
 def create_app(config: Config, *, backend: Backend | None = None) -> web.Application:
     """The ORS server. Without `backend`, it connects to the local Docker engine on start-up."""
     middlewares = [request_context, errors_to_http, authenticate(api.public_paths), redirect_bare_paths]
@@ -46,8 +53,10 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app = web.Application(middlewares=middlewares, client_max_size=max(config.max_body_bytes, MAX_RUN_BODY))
     app[CONFIG] = config
     app[KEYRING] = keyring(config)
+    app[METRICS] = Metrics()
     app.add_routes(api.routes)
     app.add_routes(sandbox_api.routes)
+    app.router.add_get("/metrics", metrics)
 
     async def sandbox(app: web.Application) -> AsyncIterator[None]:
         app[BACKEND] = backend or await DockerBackend.connect(
@@ -69,7 +78,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         yield
 
     async def sessions(app: web.Application) -> AsyncIterator[None]:
-        app[SESSIONS] = manager = SessionManager(app[BACKEND], app[CATALOG], config, app[POLICIES])
+        app[SESSIONS] = manager = SessionManager(app[BACKEND], app[CATALOG], config, app[POLICIES], app[METRICS])
         await manager.start(ENGINE_WATCH_INTERVAL)  # labels are the state: serve again or remove what was left
         yield
         await manager.close(timeout=config.shutdown_timeout)

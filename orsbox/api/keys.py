@@ -8,6 +8,7 @@ from ..auth import KeyRing, Principal
 from ..backends.backend import Backend
 from ..catalog import Catalog
 from ..config import Config
+from ..metrics import Metrics
 from ..policy import PolicySet
 from ..sessions import SessionManager
 
@@ -17,6 +18,7 @@ CATALOG = web.AppKey("catalog", Catalog)
 POLICIES = web.AppKey("policies", PolicySet)
 SESSIONS = web.AppKey("sessions", SessionManager)
 KEYRING = web.AppKey("keyring", KeyRing)
+METRICS = web.AppKey("metrics", Metrics)
 
 PRINCIPAL = web.RequestKey("principal", Principal)  # set by the `authenticate` middleware
 

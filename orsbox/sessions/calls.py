@@ -17,6 +17,7 @@ from ..agent.wire import Method
 from ..backends.channel import AgentChannel
 from ..config import Config
 from ..errors import AgentGone, OrsboxError, SandboxError
+from ..metrics import Metrics
 from ..protocol import JSONObject
 from .registry import Registry
 from .session import CallRecord, Session, State
@@ -33,8 +34,9 @@ def _consume(future: asyncio.Future[Any]) -> None:
 
 
 class Calls:
-    def __init__(self, registry: Registry, tasks: Tasks, config: Config) -> None:
+    def __init__(self, registry: Registry, tasks: Tasks, config: Config, metrics: Metrics) -> None:
         self.registry = registry
+        self.metrics = metrics
         self.tasks = tasks
         self.config = config
 
@@ -52,7 +54,9 @@ class Calls:
 
     def start(self, session: Session, name: str, tool_input: JSONObject) -> CallRecord:
         """Start a tool call that runs to its end even if the client goes away."""
-        return self.start_request(session, Method.CALL_TOOL, {"name": name, "input": tool_input}, label=name)
+        known = any(tool.get("name") == name for tool in session.env.tools)
+        return self.start_request(session, Method.CALL_TOOL, {"name": name, "input": tool_input},
+                                  label=name if known else "other")  # a label of bounded values
 
     def start_request(self, session: Session, method: str, params: JSONObject, *, label: str) -> CallRecord:
         """Start any agent request the way a tool call runs: to its end, its result kept by `task_id`."""
@@ -75,6 +79,7 @@ class Calls:
             if session.state is State.ENDED:  # ended under the call: its teardown cut the tool short
                 raise self.registry.gone(session.id)
             record.result.set_result(result)
+            self.metrics.call_finished(session.env.name, name, time.monotonic() - started, result)
             log.info("tool_called", tool=name, task_id=record.task_id, ok=result.get("ok"),
                      seconds=round(time.monotonic() - started, 3))
         except OrsboxError as exc:

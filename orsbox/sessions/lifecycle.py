@@ -17,6 +17,7 @@ from ..agent.wire import Method
 from ..backends.backend import Backend, SandboxSpec
 from ..config import Config
 from ..errors import OrsboxError, SetupFailed
+from ..metrics import Metrics
 from .registry import Registry
 from .session import Session, State
 from .tasks import Tasks
@@ -25,8 +26,9 @@ log = structlog.get_logger()
 
 
 class Lifecycle:
-    def __init__(self, backend: Backend, registry: Registry, tasks: Tasks, config: Config) -> None:
+    def __init__(self, backend: Backend, registry: Registry, tasks: Tasks, config: Config, metrics: Metrics) -> None:
         self.backend = backend
+        self.metrics = metrics
         self.registry = registry
         self.tasks = tasks
         self.config = config
@@ -46,7 +48,9 @@ class Lifecycle:
                 async with self.registry.env_starts(session.env), self.registry.starts:  # queued beyond the limits
                     session.sandbox_future = self.tasks.spawn(
                         self.backend.start(spec, timeout=policy.setup_timeout), session)
+                    starting = time.monotonic()
                     sandbox = await asyncio.shield(session.sandbox_future)
+                    self.metrics.container_start.labels(session.env.name).observe(time.monotonic() - starting)
                 sandbox.channel.on_close(lambda: self._agent_gone(session))
                 params: dict[str, object] = {"task": session.task, "secrets": secrets}
                 if session.sandbox_setup is not None:
@@ -61,6 +65,7 @@ class Lifecycle:
             session.state = State.READY
             session.touch()  # the idle clock starts when the session can be used
             log.info("session_ready", seconds=round(time.monotonic() - started, 3))
+            self.metrics.setup.labels(session.env.name).observe(time.monotonic() - started)
         finally:
             session.settled.set()
 
@@ -105,6 +110,7 @@ class Lifecycle:
                 log.warning("teardown_failed", error=exc.detail)
         await self._release(session)
         log.info("session_ended", reason=reason, seconds=round(time.monotonic() - started, 3))
+        self.metrics.session_ended(session.env.name, reason)
 
     async def _release(self, session: Session) -> None:
         """Remove the session's sandbox, once its start (if one is still running) has finished."""
@@ -115,7 +121,9 @@ class Lifecycle:
         except (OrsboxError, asyncio.CancelledError):
             return  # the start failed and removed what it had made
         await sandbox.channel.close()
+        removing = time.monotonic()
         await self.backend.remove(sandbox.ref)
+        self.metrics.container_remove.labels(session.env.name).observe(time.monotonic() - removing)
 
     async def let_go(self) -> None:
         """Disconnect from ready sessions without ending them: their sandboxes wait for adoption."""

@@ -16,7 +16,8 @@ from ..auth import Principal
 from ..backends.backend import Backend
 from ..catalog import Catalog, EnvironmentInfo
 from ..config import Config
-from ..errors import BadRequest, NotReady, ShuttingDown
+from ..errors import BadRequest, NotReady, ShuttingDown, TooManySessions
+from ..metrics import Metrics
 from ..policy import PolicySet
 from ..protocol import JSONObject, Secret
 from .adoption import Adoption
@@ -34,14 +35,17 @@ log = structlog.get_logger()
 class SessionManager:
     """Owns sessions and every background task of theirs."""
 
-    def __init__(self, backend: Backend, catalog: Catalog, config: Config, policies: PolicySet) -> None:
+    def __init__(self, backend: Backend, catalog: Catalog, config: Config, policies: PolicySet,
+                 metrics: Metrics | None = None) -> None:
+        self.metrics = metrics = metrics or Metrics()
         self.catalog = catalog
         self.config = config
         self.tasks = Tasks()
         self.registry = Registry(config)
-        self.lifecycle = Lifecycle(backend, self.registry, self.tasks, config)
-        self.calls = Calls(self.registry, self.tasks, config)
-        self.reaper = Reaper(backend, self.registry, self.lifecycle, config)
+        self.lifecycle = Lifecycle(backend, self.registry, self.tasks, config, metrics)
+        self.calls = Calls(self.registry, self.tasks, config, metrics)
+        self.reaper = Reaper(backend, self.registry, self.lifecycle, config, metrics)
+        metrics.watch_sessions(lambda: [(s.env.name, s.state.value) for s in self.registry.live.values()])
         self.adoption = Adoption(backend, catalog, self.registry, self.lifecycle, config, policies)
         self._background: list[asyncio.Task[None]] = []
 
@@ -101,11 +105,12 @@ class SessionManager:
             if size > self.config.max_task_spec_bytes:
                 raise BadRequest(f"task_spec is {size} bytes of JSON; at most {self.config.max_task_spec_bytes}")
         given = secrets_for_session(secrets or {}, env.policy, client_keys=client_keys)
-        self.registry.admit(sid, env, principal)
+        self._admit(sid, env, principal)
         task = task_spec if task_spec is not None else env.task(split or "", index or 0)
         session = Session(id=sid, env=env, task=dict(task), owner=principal.owner)
         self.lifecycle.begin(session, given)
         log.info("session_created", session_id=sid, env=env.name, task_id=task.get("id"), key=principal.key_id)
+        self.metrics.created.labels(env.name, "ors").inc()
         return session
 
     def create_sandbox(self, sid: str, principal: Principal, env: EnvironmentInfo, setup: JSONObject,
@@ -113,11 +118,12 @@ class SessionManager:
         """Register an openreward sandbox of `env` (its image and sized policy) and start it in the background."""
         if self.lifecycle.closing:
             raise ShuttingDown()
-        self.registry.admit(sid, env, principal)
+        self._admit(sid, env, principal)
         session = Session(id=sid, env=env, task={}, owner=principal.owner, sandbox_setup=setup,
                           sandbox_request=request)
         self.lifecycle.begin(session, {})
         log.info("sandbox_created", session_id=sid, env=env.name, image=env.image.tags[0][:200], key=principal.key_id)
+        self.metrics.created.labels(env.name, "sandbox").inc()
         return session
 
     def start_request(self, session: Session, method: str, params: JSONObject, *, label: str) -> CallRecord:
@@ -127,6 +133,13 @@ class SessionManager:
         """One agent request answered at once (a sandbox's file operations)."""
         session.touch()
         return await channel_of(session).call(method, params)
+
+    def _admit(self, sid: str, env: EnvironmentInfo, principal: Principal) -> None:
+        try:
+            self.registry.admit(sid, env, principal)
+        except TooManySessions as exc:
+            self.metrics.refused.labels(exc.limit).inc()
+            raise
 
     def get(self, sid: str, owner: str) -> Session:
         """The live session `sid` of `owner`; 410 with the reason if it ended, else 404."""

@@ -15,6 +15,7 @@ import structlog
 
 from ..backends.backend import Backend
 from ..config import Config
+from ..metrics import Metrics
 from .lifecycle import Lifecycle
 from .registry import Registry
 from .session import State
@@ -25,8 +26,10 @@ SWEEP_EVERY = 6  # reaper rounds between orphan sweeps (30 s by default)
 
 
 class Reaper:
-    def __init__(self, backend: Backend, registry: Registry, lifecycle: Lifecycle, config: Config) -> None:
+    def __init__(self, backend: Backend, registry: Registry, lifecycle: Lifecycle, config: Config,
+                 metrics: Metrics) -> None:
         self.backend = backend
+        self.metrics = metrics
         self.registry = registry
         self.lifecycle = lifecycle
         self.config = config
@@ -76,6 +79,7 @@ class Reaper:
             if up != self.engine_up:
                 log.warning("engine_up" if up else "engine_down")
                 self.engine_up = up
+                self.metrics.engine_up.set(1 if up else 0)
                 if up:
                     await self.sweep()
             await asyncio.sleep(interval)

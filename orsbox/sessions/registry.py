@@ -41,14 +41,15 @@ class Registry:
             raise TooManySessions(f"orsbox is at its limit of {self.config.max_sessions} live sessions; retry later")
         limit = env.policy.max_sessions
         if limit is not None and sum(s.env.name == env.name for s in self.live.values()) >= limit:
-            raise TooManySessions(f"environment {env.name!r} is at its limit of {limit} live sessions; retry later")
+            raise TooManySessions(f"environment {env.name!r} is at its limit of {limit} live sessions; retry later",
+                                  limit="environment")
 
     def _admit_for_key(self, principal: Principal) -> None:
         quota = principal.quota
         owned = sum(s.owner == principal.owner for s in self.live.values())
         if quota.max_sessions is not None and owned >= quota.max_sessions:
             raise TooManySessions(f"this API key is at its limit of {quota.max_sessions} live sessions; "
-                                  "end one or retry later")
+                                  "end one or retry later", limit="key_sessions")
         if quota.starts_per_minute is not None:
             now = time.monotonic()
             creates = self._creates_by_owner.setdefault(principal.owner, collections.deque())
@@ -56,7 +57,7 @@ class Registry:
                 creates.popleft()
             if len(creates) >= quota.starts_per_minute:
                 error = TooManySessions(f"this API key is at its limit of {quota.starts_per_minute} "
-                                        "new sessions per minute; retry later")
+                                        "new sessions per minute; retry later", limit="key_starts")
                 error.retry_after = max(1, math.ceil(60 - (now - creates[0])))
                 raise error
             creates.append(now)
