@@ -67,6 +67,10 @@ class Metrics:
                                buckets=SECONDS, registry=r)
         self.call_outcomes = Counter("orsbox_call_outcomes", "Calls that timed out or lost a process to the "
                                      "memory killer", ["environment", "outcome"], registry=r)
+        self.egress_bytes = Counter("orsbox_egress_bytes", "Bytes relayed by the egress proxies (at each "
+                                    "connection's end)", ["direction"], registry=r)
+        self.egress_denials = Counter("orsbox_egress_denials", "Requests the egress proxies refused", ["status"],
+                                      registry=r)
         self.engine_up = Gauge("orsbox_engine_up", "1 while the container engine answers", registry=r)
         self.engine_up.set(1)
 
@@ -82,6 +86,10 @@ class Metrics:
         for outcome in ("timed_out", "oom_killed"):
             if metadata.get(outcome) is True:
                 self.call_outcomes.labels(environment, outcome).inc()
+
+    def egress(self, sent: int, received: int) -> None:
+        self.egress_bytes.labels("sent").inc(sent)
+        self.egress_bytes.labels("received").inc(received)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

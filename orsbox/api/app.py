@@ -61,7 +61,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     async def sandbox(app: web.Application) -> AsyncIterator[None]:
         app[BACKEND] = backend or await DockerBackend.connect(
             state_dir=config.state_dir, node_id=config.node_id,
-            timeout=config.docker_timeout, pool_size=config.docker_pool)
+            timeout=config.docker_timeout, pool_size=config.docker_pool, metrics=app[METRICS])
         yield
         if backend is None:
             await app[BACKEND].close()

@@ -28,6 +28,7 @@ from orsbox.backends.network import egress
 from orsbox.backends.network.limits import MAX_DENIAL_SUBJECTS, Budget, DenialLog, Limits
 from orsbox.backends.network.modes import SESSION_SUBNET_POOL
 from orsbox.errors import InstanceLocked
+from orsbox.metrics import Metrics
 
 GUARD = 10.0  # s: a test fails, rather than hangs, when the proxy never answers or never closes
 NAME = "upstream.test"
@@ -169,11 +170,11 @@ async def proxies(upstream: Upstream) -> AsyncIterator[StartProxy]:
     shared = Budget()
 
     async def start(*, limits: Limits | None = None, allow: list[str] | None = None, session_id: str = "s1",
-                    budget: Budget | None = None) -> egress.EgressProxy:
+                    budget: Budget | None = None, metrics: Metrics | None = None) -> egress.EgressProxy:
         proxy = egress.EgressProxy(session_id=session_id, network=f"net-{session_id}",
                                    allow=allow or [f"{NAME}:{upstream.port}", f"127.0.0.1:{upstream.port}"],
                                    host="127.0.0.1", port=0, pool=ipaddress.IPv4Network(SESSION_SUBNET_POOL),
-                                   limits=limits or Limits(), budget=budget or shared)
+                                   limits=limits or Limits(), budget=budget or shared, metrics=metrics)
         await proxy.start()
         started.append(proxy)
         return proxy
@@ -243,6 +244,24 @@ async def test_a_tunnel_relays_both_ways_and_is_logged(proxies: StartProxy, upst
         await proxy.close()
     [done] = events(logs, "egress")
     assert (done["host"], done["port"], done["sent"], done["received"]) == (NAME, upstream.port, 4, 4)
+
+
+async def test_relayed_bytes_and_denials_are_counted_in_the_metrics(proxies: StartProxy, upstream: Upstream) -> None:
+    metrics = Metrics()
+    proxy = await proxies(metrics=metrics)
+    reader, writer = await tunnel(proxy, upstream.port)
+    writer.write(b"ping")
+    assert await asyncio.wait_for(reader.readexactly(4), GUARD) == b"ping"
+    writer.write_eof()
+    assert await until_closed(reader) == b""
+    writer.close()
+    assert status(await ask(proxy, b"CONNECT elsewhere.test:443 HTTP/1.1\r\n\r\n")) == 403
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    await until(lambda: sample("orsbox_egress_bytes_total", direction="sent") == 4)
+    assert sample("orsbox_egress_bytes_total", direction="received") == 4
+    assert sample("orsbox_egress_denials_total", status="403") == 1
 
 
 async def test_a_plain_request_goes_on_in_origin_form(proxies: StartProxy, upstream: Upstream) -> None:

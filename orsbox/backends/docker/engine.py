@@ -54,6 +54,7 @@ from ...agent.layout import (
     SOCKET_DIR,
 )
 from ...errors import ImageUnavailable, SandboxError
+from ...metrics import Metrics
 from ...policy import SandboxPolicy
 from ..backend import (
     EnvironmentImage,
@@ -128,7 +129,8 @@ class DockerBackend:
     """Sessions as Docker containers on the local engine."""
 
     def __init__(self, client: docker.DockerClient, *, state_dir: Path, node_id: str, pool_size: int,
-                 runtimes: dict[str, list[str]] | None = None, mtu: str | None = None) -> None:
+                 runtimes: dict[str, list[str]] | None = None, mtu: str | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.client = client
         self.runtimes = runtimes if runtimes is not None else {"runc": []}  # name -> registered arguments
         self.state_dir = state_dir
@@ -138,10 +140,11 @@ class DockerBackend:
         self.agent_dir = stage_agent(state_dir)
         self.agent_digest = self.agent_dir.name
         self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="docker")
-        self.networks = SessionNetworks(self._run, client, node_id=node_id, mtu=mtu)
+        self.networks = SessionNetworks(self._run, client, node_id=node_id, mtu=mtu, metrics=metrics)
 
     @classmethod
-    async def connect(cls, *, state_dir: Path, node_id: str, timeout: float, pool_size: int) -> DockerBackend:
+    async def connect(cls, *, state_dir: Path, node_id: str, timeout: float, pool_size: int,
+                      metrics: Metrics | None = None) -> DockerBackend:
         """Connect to the engine at DOCKER_HOST (default: the local socket); fail clearly if it does not answer."""
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         (state_dir / "sessions").mkdir(exist_ok=True, mode=0o700)
@@ -156,7 +159,8 @@ class DockerBackend:
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise SandboxError(f"the Docker engine does not answer at {_engine_address()}: {exc}") from exc
         log.info("docker_connected", runtimes=sorted(runtimes))
-        return cls(client, state_dir=state_dir, node_id=node_id, pool_size=pool_size, runtimes=runtimes, mtu=mtu)
+        return cls(client, state_dir=state_dir, node_id=node_id, pool_size=pool_size, runtimes=runtimes, mtu=mtu,
+                   metrics=metrics)
 
     async def _run(self, action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking engine call in the executor, keeping log context; map its errors."""

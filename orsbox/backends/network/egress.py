@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from ...metrics import Metrics
 from ...policy import parse_allow_entry
 from .limits import Budget, DenialLog, Limits, clip
 
@@ -248,8 +249,9 @@ class EgressProxy:
     """One allowlist session's proxy, listening on `host:port` (its network's gateway)."""
 
     def __init__(self, *, session_id: str, network: str, allow: Sequence[str], host: str, port: int,
-                 pool: ipaddress.IPv4Network, limits: Limits, budget: Budget) -> None:
+                 pool: ipaddress.IPv4Network, limits: Limits, budget: Budget, metrics: Metrics | None = None) -> None:
         self.session_id, self.network = session_id, network
+        self.metrics = metrics
         self.allowlist = Allowlist(allow)
         self.host, self.port, self.pool = host, port, pool
         self.limits, self.budget = limits, budget
@@ -355,6 +357,8 @@ class EgressProxy:
                                        idle=self.limits.idle_timeout, lifetime=self.limits.lifetime)
         finally:
             close_now(upstream_writer)
+        if self.metrics is not None:
+            self.metrics.egress(traffic.sent, traffic.received)
         log.info("egress", session_id=self.session_id, method=clip(request.method, 32), host=clip(request.host),
                  port=request.port, address=address, sent=traffic.sent, received=traffic.received, end=end,
                  seconds=round(time.monotonic() - started, 3))
@@ -363,6 +367,8 @@ class EgressProxy:
                     request: Request | None, *, linger: bool = True) -> None:
         """Log a refusal and answer it; then, if `linger`, take what the client still sends for `LINGER` s at
         most (closing with unread input resets the connection, and the client may lose the answer)."""
+        if self.metrics is not None:
+            self.metrics.egress_denials.labels(str(refused.status)).inc()
         self._denials.denied(status=refused.status, reason=refused.reason,
                              method=request.method if request else None,
                              host=request.host if request else refused.host, port=request.port if request else None)

@@ -40,6 +40,7 @@ import structlog
 
 from ...agent.layout import LABEL_MANAGED, LABEL_NETWORK_MODE, LABEL_NODE, LABEL_SESSION
 from ...errors import SandboxError
+from ...metrics import Metrics
 from ...policy import SandboxPolicy
 from . import egress, limits
 from .modes import PROXY_PORT, SESSION_SUBNET_POOL, SESSION_SUBNET_PREFIX, proxy_environment
@@ -212,8 +213,10 @@ async def _iptables(*command: str, stdin: str | None = None) -> str:
 class SessionNetworks:
     """One node's session networks: made, restored after a restart, removed, swept."""
 
-    def __init__(self, run: RunEngine, client: Any, *, node_id: str, mtu: str | None = None) -> None:
+    def __init__(self, run: RunEngine, client: Any, *, node_id: str, mtu: str | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._run, self._client, self.node_id, self.mtu = run, client, node_id, mtu
+        self.metrics = metrics
         self.pool = subnet_pool()
         self.firewall = Firewall()
         self._proxies: dict[str, egress.EgressProxy] = {}
@@ -351,7 +354,8 @@ class SessionNetworks:
     async def _start_proxy(self, network: SessionNetwork, policy: SandboxPolicy) -> None:
         proxy = egress.EgressProxy(session_id=network.session_id, network=network.name, allow=policy.allow,
                                    host=str(network.gateway), port=PROXY_PORT, pool=self.pool,
-                                   limits=limits.DEFAULT_LIMITS, budget=self._budget)  # read here: tests replace it
+                                   limits=limits.DEFAULT_LIMITS, budget=self._budget,  # read here: tests replace it
+                                   metrics=self.metrics)
         try:
             await proxy.start()
         except OSError as exc:
