@@ -1,5 +1,5 @@
 """The `orsbox` command: `serve` the ORS API, `build` environment images, list `envs`, `policy explain|check`,
-`keys add|list|revoke`.
+`keys add|list|revoke`, `config show`.
 
 Logging is configured here and nowhere else: `serve` logs at info; `build`, `envs` and `policy` print
 their results on stdout and log only warnings and errors, unless `--log-level` says otherwise.
@@ -35,9 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", choices=LOG_LEVELS, help=log_help)
     logging_options = argparse.ArgumentParser(add_help=False)  # so `orsbox build --log-level info` works too
     logging_options.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS, help=log_help)
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument("--config", type=Path, dest="config_file",
+                               help="TOML file of server settings (env ORSBOX_CONFIG); flags and ORSBOX_* win over it")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve the ORS API (default 127.0.0.1:8080)", parents=[logging_options])
+    serve = commands.add_parser("serve", help="serve the ORS API (default 127.0.0.1:8080)",
+                                parents=[logging_options, config_option])
     serve.add_argument("--host", help="address to listen on (env ORSBOX_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (env ORSBOX_PORT)")
     serve.add_argument("--policies", type=Path, dest="policies_dir", help="policy folder (env ORSBOX_POLICIES)")
@@ -71,9 +75,14 @@ def main(argv: list[str] | None = None) -> int:
                             "builds run without network otherwise")
 
     envs = commands.add_parser("envs", help="the environments this machine can serve, with their tasks and tools",
-                               parents=[logging_options])
+                               parents=[logging_options, config_option])
     envs.add_argument("--policies", type=Path, dest="policies_dir", help="policy folder (env ORSBOX_POLICIES)")
     envs.add_argument("--state-dir", type=Path, help="where the catalog cache lives (env ORSBOX_STATE_DIR)")
+
+    config = commands.add_parser("config", help="the server's resolved settings")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    config_commands.add_parser("show", help="every setting, its value and where it came from (secrets masked)",
+                               parents=[config_option])
 
     keys = commands.add_parser("keys", help="manage the API keys in the keys file (a running server sees changes)")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -111,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(envs_command(args))
         if args.command == "keys":
             return keys_command(args)
+        if args.command == "config":
+            return config_command(args)
         return build_command(args)
     except OrsboxError as exc:
         print(f"orsbox: {exc.detail}", file=sys.stderr)
@@ -128,7 +139,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
     open_files = raise_open_file_limit()
     config = Config.from_env(
-        host=args.host, port=args.port, policies_dir=args.policies_dir, state_dir=args.state_dir,
+        args.config_file, host=args.host, port=args.port, policies_dir=args.policies_dir, state_dir=args.state_dir,
         default_environment=args.default_environment, idle_timeout=args.idle_timeout, environments=args.environments,
         max_sessions=args.max_sessions, keep_sessions=args.keep_sessions, adopt=args.adopt,
         keys_file=args.keys_file, auth=args.auth, image_patterns=args.image_patterns,
@@ -160,7 +171,7 @@ async def envs_command(args: argparse.Namespace) -> int:
     from .catalog import Catalog
     from .policy import PolicySet
 
-    config = Config.from_env(policies_dir=args.policies_dir, state_dir=args.state_dir)
+    config = Config.from_env(args.config_file, policies_dir=args.policies_dir, state_dir=args.state_dir)
     backend = await DockerBackend.connect(state_dir=config.state_dir, node_id=config.node_id,
                                           timeout=config.docker_timeout, pool_size=config.docker_pool)
     try:
@@ -175,6 +186,14 @@ async def envs_command(args: argparse.Namespace) -> int:
         splits = ", ".join(f"{split}: {len(tasks)}" for split, tasks in env.tasks.items())
         tools = ", ".join(tool["name"] for tool in env.tools)
         print(f"{name:12} {env.image.tags[0]:28} tasks ({splits})  tools ({tools})  policy {env.policy.digest()}")
+    return 0
+
+
+def config_command(args: argparse.Namespace) -> int:
+    """`orsbox config show`: flags ▸ ORSBOX_* ▸ the config file ▸ defaults, each value with its source."""
+    config, sources = Config.resolve({}, config_file=args.config_file)
+    for line in config.shown(sources):
+        print(line)
     return 0
 
 

@@ -1,19 +1,33 @@
-"""Server configuration: one pydantic model, from defaults, environment variables and flags."""
+"""Server configuration: one pydantic model, resolved from flags ▸ environment ▸ config file ▸ defaults.
+
+Every field has an environment variable (`ORSBOX_<FIELD>`, lists comma-separated; a few have shorter
+names, `ENV_NAMES`) and a key of the same name in the TOML file `--config` or `ORSBOX_CONFIG` names.
+`Config.resolve` also says where each value came from, for `orsbox config show`.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from .errors import ConfigError
+
+#: Environment variables whose names are not ORSBOX_<FIELD>.
+ENV_NAMES = {"policies_dir": "ORSBOX_POLICIES", "default_environment": "ORSBOX_DEFAULT_ENV"}
+CONFIG_FILE_ENV = "ORSBOX_CONFIG"
+SECRET_FIELDS = frozenset({"api_keys"})
 
 
 def default_state_dir() -> Path:
     """Where session folders and the catalog cache live (any length: the server binds its agent sockets
     through a descriptor of their folder, so the 108-byte cap on socket paths does not apply)."""
-    return Path(os.environ.get("ORSBOX_STATE_DIR", "/var/lib/orsbox"))
+    return Path("/var/lib/orsbox")
 
 
 class Config(BaseModel):
@@ -67,24 +81,75 @@ class Config(BaseModel):
         return self.keys_file or self.state_dir / "api_keys.json"
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> Config:
-        """Defaults ▸ ORSBOX_* environment variables ▸ explicit overrides (flags)."""
-        env = {
-            "host": os.environ.get("ORSBOX_HOST"),
-            "port": os.environ.get("ORSBOX_PORT"),
-            "policies_dir": os.environ.get("ORSBOX_POLICIES"),
-            "default_environment": os.environ.get("ORSBOX_DEFAULT_ENV"),
-            "environments": _names(os.environ.get("ORSBOX_ENVIRONMENTS")),
-            "node_id": os.environ.get("ORSBOX_NODE_ID"),
-            "api_keys": _names(os.environ.get("ORSBOX_API_KEYS")),
-            "keys_file": os.environ.get("ORSBOX_KEYS_FILE"),
-            "image_patterns": _names(os.environ.get("ORSBOX_IMAGE_PATTERNS")),
-            "label_policies": _names(os.environ.get("ORSBOX_LABEL_POLICIES")),
-            "pull_images": os.environ.get("ORSBOX_PULL_IMAGES"),
-        }
-        values: dict[str, Any] = {k: v for k, v in env.items() if v is not None}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(values)
+    def from_env(cls, config_file: Path | None = None, **flags: Any) -> Config:
+        """Flags (None: not given) ▸ ORSBOX_* variables ▸ the config file ▸ defaults."""
+        return cls.resolve(flags, config_file=config_file)[0]
+
+    @classmethod
+    def resolve(cls, flags: Mapping[str, Any], *, environ: Mapping[str, str] | None = None,
+                config_file: Path | None = None) -> tuple[Config, dict[str, str]]:
+        """The config, and each field's source ("flag", "env NAME", "file PATH", "default");
+        a bad file or value is a ConfigError naming where it came from and the field."""
+        environ = os.environ if environ is None else environ
+        path = config_file or (Path(environ[CONFIG_FILE_ENV]) if environ.get(CONFIG_FILE_ENV) else None)
+        layers: list[tuple[str, dict[str, Any]]] = [("default", {})]
+        if path is not None:
+            layers.append((f"file {path}", read_config_file(path)))
+        for name in cls.model_fields:
+            variable = env_name(name)
+            if environ.get(variable, "").strip():
+                layers.append((f"env {variable}", {name: _from_env(name, environ[variable])}))
+        layers.append(("flag", {k: v for k, v in flags.items() if v is not None}))
+        values: dict[str, Any] = {}
+        sources = dict.fromkeys(cls.model_fields, "default")
+        for source, layer in layers:
+            values.update(layer)
+            sources.update(dict.fromkeys(layer, source))
+        try:
+            return cls.model_validate(values), sources
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(part) for part in error["loc"]) or "config"
+            where = sources.get(str(error["loc"][0]), "") if error["loc"] else ""
+            raise ConfigError(f"{field}{f' ({where})' if where else ''}: {error['msg']}") from None
+
+    def shown(self, sources: Mapping[str, str]) -> list[str]:
+        """`orsbox config show`: one `name = value  # source` line per field, secrets masked."""
+        lines = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name in SECRET_FIELDS:
+                value = [f"<{len(value)} key(s), masked>"] if value else []
+            text = str(value) if isinstance(value, Path) else repr(value)
+            lines.append(f"{name} = {text}  # {sources.get(name, 'default')}")
+        return lines
+
+
+def env_name(field: str) -> str:
+    return ENV_NAMES.get(field, f"ORSBOX_{field.upper()}")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The TOML config file's settings; an unreadable file or an unknown key is a ConfigError."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    unknown = sorted(set(data) - set(Config.model_fields))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+    return data
+
+
+def _from_env(field: str, text: str) -> Any:
+    """A variable's text as the field takes it: lists are comma-separated."""
+    annotation = Config.model_fields[field].annotation
+    kinds = get_args(annotation) if get_origin(annotation) is not list else (annotation,)
+    if get_origin(annotation) is list or any(get_origin(kind) is list for kind in kinds):
+        return _names(text) or []
+    return text.strip()
 
 
 def is_loopback(host: str) -> bool:

@@ -162,7 +162,7 @@ def test_auth_may_be_off_only_on_loopback(host: str) -> None:
 
 def test_serve_refuses_no_auth_on_a_public_address(tmp_path: Path) -> None:
     result = _orsbox("serve", "--no-auth", "--host", "0.0.0.0", "--state-dir", str(tmp_path), timeout=30)
-    assert result.returncode == 2 and "only be off on a loopback address" in result.stderr
+    assert result.returncode != 0 and "only be off on a loopback address" in result.stderr
 
 
 def test_a_keys_file_others_may_write_is_refused(tmp_path: Path) -> None:

@@ -466,7 +466,7 @@ def test_serve_raises_its_open_file_limit_to_the_hard_limit(monkeypatch: pytest.
     monkeypatch.setattr(cli.InstanceLock, "acquire", locked)
     options = dict.fromkeys(["host", "port", "policies_dir", "default_environment", "idle_timeout", "environments",
                              "max_sessions", "keep_sessions", "adopt", "keys_file", "auth", "image_patterns",
-                             "label_policies"])
+                             "label_policies", "config_file"])
     try:
         with pytest.raises(InstanceLocked):
             cli.serve_command(argparse.Namespace(state_dir=tmp_path, **options))
