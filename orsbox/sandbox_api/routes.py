@@ -54,18 +54,21 @@ async def create_sandbox(x: Exchange[CreateSandboxBody]) -> web.StreamResponse:
         setup = {"env": {**found.env, **plan.env}, "workdir": found.workdir}
         session = manager.create_sandbox(str(uuid.uuid4()), x.principal, env, setup, request_label(body))
     stream = EventStream(x.request, x.app[CONFIG].keepalive, x.app[CONFIG].sse_write_timeout)
-    await stream.open()
-    if session is None:
-        await stream.send("error", f"unknown task_id {body.task_id}")
+    try:
+        await stream.open()
+        if session is None:
+            await stream.send("error", f"unknown task_id {body.task_id}")
+            return await stream.close()
+        await stream.send("task_id", session.id)
+        await stream.wait(asyncio.ensure_future(session.settled.wait()))
+        if session.state is State.READY:
+            await stream.send_result({"sid": session.id})
+        else:
+            reason = session.error.detail if session.error is not None else "the sandbox ended while starting"
+            await stream.send("error", str(reason))
         return await stream.close()
-    await stream.send("task_id", session.id)
-    await stream.wait(asyncio.ensure_future(session.settled.wait()))
-    if session.state is State.READY:
-        await stream.send_result({"sid": session.id})
-    else:
-        reason = session.error.detail if session.error is not None else "the sandbox ended while starting"
-        await stream.send("error", str(reason))
-    return await stream.close()
+    except ConnectionResetError:  # the client left; the sandbox starts on, and a resume finds it by its id
+        return stream.response
 
 
 @sandbox_api.post("/run", body=RunBody, answer=SSE, gated=True, max_body=MAX_RUN_BODY)
