@@ -266,11 +266,14 @@ async def test_a_timeout_kills_the_process_group_and_keeps_the_output(agent: Age
     assert time.monotonic() - started < 5
     assert result["return_code"] == 124 and result["timed_out"] is True
     assert result["bytes"] == b"started\n"
+    def sleeping() -> list[int]:  # the run's processes (the spare shell kept for the next run is not one)
+        return [pid for pid in user_pids(box.uid) if b"sleep" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
     for _ in range(100):  # the background sleep was in the group: it is dead, or dying
-        if not user_pids(box.uid):
+        if not sleeping():
             break
         await asyncio.sleep(0.02)
-    assert not user_pids(box.uid)
+    assert not sleeping()
 
 
 async def test_no_timeout_is_still_bounded_by_the_policy(start_agent: StartAgent) -> None:
@@ -478,3 +481,20 @@ async def test_file_operations_refuse_to_run_without_the_command_users_identity(
         assert caught.value.type == ErrorType.INTERNAL and "as the command user" in caught.value.message
     finally:
         files.close()
+
+
+async def test_a_spare_shell_is_kept_for_the_next_run_and_is_a_fresh_one(agent: Agent, box: Box) -> None:
+    """Exec is slow on some container filesystems: the next run's shell is started ahead, yet each run
+    still gets a shell of its own (nothing carries over)."""
+    first = await agent.run("echo $$; cd /; export CARRIED=1")
+    second = await agent.run("echo $$; pwd; echo ${CARRIED:-none}")
+    pid_one, (pid_two, cwd, carried) = first["bytes"].split()[0], second["bytes"].split()
+    assert pid_one != pid_two and cwd == str(box.work).encode() and carried == b"none"
+    spares = [pid for pid in user_pids(box.uid) if b"bash" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(spares) == 1  # the one waiting for the next run
+    await agent.call(Method.TEARDOWN)
+    for _ in range(100):
+        if not user_pids(box.uid):
+            break
+        await asyncio.sleep(0.02)
+    assert not user_pids(box.uid)  # teardown takes the spare too

@@ -76,6 +76,24 @@ Handler = Callable[[Dict[str, Any]], Awaitable[Any]]
 T = TypeVar("T")
 
 
+class Shell:
+    """A run's shell, started and waiting for its script on a pipe (its output goes to another)."""
+
+    def __init__(self, path: str, proc: "asyncio.subprocess.Process", output_read: int, script_write: int) -> None:
+        self.path, self.proc = path, proc
+        self.output_read, self.script_write = output_read, script_write
+
+    def discard(self) -> None:
+        """An unused spare: killed, its pipes closed."""
+        if self.proc.returncode is None:
+            _kill_group(self.proc.pid)
+        for fd in (self.output_read, self.script_write):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class Sandbox:
     """One sandbox's state (its variables and workdir) and its wire methods."""
 
@@ -85,6 +103,10 @@ class Sandbox:
         self.env: Dict[str, str] = {}
         self.workdir = default_workdir()
         self.files: Optional[FileUser] = None  # set by configure, dropped by close
+        # Starting a shell costs tens of ms where exec is slow (fuse-overlayfs): one is kept started ahead,
+        # with the sandbox's fixed env and workdir, for the next run to take.
+        self._spare: Optional[Shell] = None
+        self._spare_task: "Optional[asyncio.Future[None]]" = None
 
     def handlers(self) -> Dict[str, Handler]:
         return {
@@ -127,6 +149,11 @@ class Sandbox:
         files, self.files = self.files, None
         if files is not None:
             files.close()
+        if self._spare_task is not None:
+            self._spare_task.cancel()
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.discard()
 
     def _ready(self) -> FileUser:
         if not self.enabled:
@@ -180,13 +207,13 @@ class Sandbox:
             "max_bytes": limit,  # the cap applied: the request's, or less (the output cap, the frame limit)
         }
 
-    async def _run(self, shell: str, script: bytes, head: OutputHead, seconds: float) -> Tuple[Optional[int], bool]:
-        """Run `script` with `shell` until it exits or `seconds` pass (then kill its group); exit code, timed out."""
+    async def _start_shell(self, path: str) -> Shell:
+        """A shell as the command user in its own session, reading its script from a pipe."""
         output_read, output_write = os.pipe()
         script_read, script_write = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
-                shell, "-c", SCRIPT_READER,
+                path, "-c", SCRIPT_READER,
                 stdin=script_read, stdout=output_write, stderr=output_write,
                 cwd=self.workdir, env=self.command_env(), start_new_session=True,
                 **self.runner.drop_privileges(),
@@ -196,13 +223,41 @@ class Sandbox:
             os.close(script_write)
             if isinstance(exc, OSError):
                 raise WireError(ErrorType.BAD_REQUEST, "cannot start %s in %s: %s"
-                                % (shell, self.workdir, exc.strerror or exc)) from None
+                                % (path, self.workdir, exc.strerror or exc)) from None
             raise
         finally:
             os.close(output_write)
             os.close(script_read)
-        pump = asyncio.ensure_future(_pump(output_read, head))
-        feeder = asyncio.ensure_future(_feed(script_write, script))
+        return Shell(path, proc, output_read, script_write)
+
+    async def _shell(self, path: str) -> Shell:
+        """The spare shell if it is one of `path` and still waiting, else a new one; a spare is made for next."""
+        spare, self._spare = self._spare, None
+        if spare is not None and (spare.path != path or spare.proc.returncode is not None):
+            spare.discard()
+            spare = None
+        shell = spare or await self._start_shell(path)
+        if self._spare_task is None or self._spare_task.done():
+            self._spare_task = asyncio.ensure_future(self._make_spare(path))
+        return shell
+
+    async def _make_spare(self, path: str) -> None:
+        try:
+            shell = await self._start_shell(path)
+        except Exception:  # the run that needs it starts its own, and reports why it cannot
+            return
+        if self._spare is not None or self.files is None:  # another was made meanwhile, or the sandbox closed
+            shell.discard()
+        else:
+            self._spare = shell
+
+    async def _run(self, shell_path: str, script: bytes, head: OutputHead,
+                   seconds: float) -> Tuple[Optional[int], bool]:
+        """Run `script` with its shell until it exits or `seconds` pass (then kill its group); exit code, timed out."""
+        shell = await self._shell(shell_path)
+        proc = shell.proc
+        pump = asyncio.ensure_future(_pump(shell.output_read, head))
+        feeder = asyncio.ensure_future(_feed(shell.script_write, script))
         timed_out = False
         try:
             await asyncio.wait_for(proc.wait(), timeout=seconds)
