@@ -23,8 +23,8 @@ from ..support.server import OrsboxProcess
 
 pytestmark = pytest.mark.docker
 
-#: Run as root in a container: kill every agent process (tini's child included), as root may.
-KILL_AGENT = """
+#: Python run as root in a container: send SIGNAL to every agent process (tini's child included), as root may.
+SIGNAL_AGENT = """
 import os, signal
 for pid in filter(str.isdigit, os.listdir('/proc')):
     try:
@@ -32,20 +32,14 @@ for pid in filter(str.isdigit, os.listdir('/proc')):
     except OSError:
         continue
     if b'orsbox.agent' in args and int(pid) != os.getpid():
-        os.kill(int(pid), signal.SIGKILL)
+        os.kill(int(pid), signal.SIGNAL)
 """
+KILL_AGENT = SIGNAL_AGENT.replace("SIGNAL)", "SIGKILL)")
 
 #: Run as root in a container while its server is down: stop the real agent (it would redial), take the
 #: next server's socket and answer it with `ANSWER`.
-IMPOSTOR = """
-import os, signal, socket, time
-for pid in filter(str.isdigit, os.listdir('/proc')):
-    try:
-        args = open('/proc/%s/cmdline' % pid, 'rb').read()
-    except OSError:
-        continue
-    if b'orsbox.agent' in args and int(pid) != os.getpid():
-        os.kill(int(pid), signal.SIGSTOP)
+IMPOSTOR = SIGNAL_AGENT.replace("SIGNAL)", "SIGSTOP)") + """
+import socket, time
 open('/tmp/impostor-running', 'w').close()
 deadline = time.time() + 120
 while time.time() < deadline:
