@@ -18,7 +18,6 @@ from ..catalog import Catalog, EnvironmentInfo
 from ..config import Config
 from ..errors import EnvNotFound, OrsboxError
 from ..policy import PolicySet
-from ..protocol import JSONObject
 from ..sandbox_api.mapping import SANDBOX_ENVIRONMENT, SANDBOX_POLICY, replan, sandbox_environment
 from .lifecycle import Lifecycle
 from .registry import Registry
@@ -102,9 +101,8 @@ class Adoption:
         if sandbox.hello.state != "ready":
             await sandbox.channel.close()
             return f"its agent is {sandbox.hello.state!r}"
-        sandbox_setup: JSONObject | None = {} if leftover.sandbox_request is not None else None  # its agent has it
         session = Session(id=leftover.session_id, env=env, task={}, owner=leftover.owner,
-                          created=time.monotonic() - age, state=State.READY, sandbox_setup=sandbox_setup,
+                          created=time.monotonic() - age, state=State.READY,
                           sandbox_request=leftover.sandbox_request)
         session.sandbox_future = asyncio.get_running_loop().create_future()
         session.sandbox_future.set_result(sandbox)

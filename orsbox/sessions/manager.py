@@ -170,7 +170,7 @@ class SessionManager:
     async def delete_sandbox(self, sid: str, owner: str) -> None:
         """End the openreward sandbox `sid` if it is live and `owner`'s (ORS sessions end by /delete only)."""
         session = self.registry.owned(sid, owner)
-        if session is not None and session.sandbox_setup is not None:
+        if session is not None and session.is_sandbox:
             await self.lifecycle.end(session, "stopped by the client")
 
     # -- the episode --------------------------------------------------------------

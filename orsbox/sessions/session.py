@@ -44,8 +44,8 @@ class Session:
     calls: dict[str, CallRecord] = field(default_factory=dict)
     running_calls: int = 0
     start_task: asyncio.Task[None] | None = None
-    sandbox_setup: JSONObject | None = None  # an openreward sandbox's {"env", "workdir"} for its agent (else None)
-    sandbox_request: str | None = None  # an openreward sandbox's request, as labelled on its container
+    sandbox_request: str | None = None  # an openreward sandbox's request, as labelled on its container (else None)
+    sandbox_setup: JSONObject | None = None  # a new sandbox's {"env", "workdir"} for its agent's setup
     end_task: asyncio.Task[None] | None = None
 
     @property
@@ -60,6 +60,11 @@ class Session:
     def channel(self) -> AgentChannel | None:
         sandbox = self.sandbox
         return sandbox.channel if sandbox is not None else None
+
+    @property
+    def is_sandbox(self) -> bool:
+        """An openreward sandbox (POST /create_sandbox), not an ORS session."""
+        return self.sandbox_request is not None
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
