@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..errors import BadRequest, BadSecrets, NotFound, OrsboxError
+from ..errors import BadRequest, BadSecrets, NotFound
 from ..protocol import (
     Blocks,
     CallBody,
@@ -40,7 +40,7 @@ from .exchange import Exchange
 from .keys import CATALOG, CONFIG, SESSIONS
 from .openapi import SSE, Api, openapi_document
 from .responses import json_response
-from .sse import EventStream
+from .sse import EventStream, stream_call
 
 api = Api()
 
@@ -205,18 +205,4 @@ async def call(x: Exchange[CallBody]) -> web.StreamResponse:
     stream = EventStream(x.request, x.app[CONFIG].keepalive, x.app[CONFIG].sse_write_timeout)
     record = manager.find_call(x.session, body.task_id) if body.task_id else manager.start_call(
         x.session, body.name, body.input)
-    try:
-        await stream.open()
-        if record is None:
-            await stream.send("error", "unknown task_id")
-            return await stream.close()
-        await stream.send("task_id", record.task_id)
-        try:
-            result = await stream.wait(record.result)
-        except OrsboxError as exc:
-            await stream.send("error", str(exc.detail))
-        else:
-            await stream.send_result(result)
-        return await stream.close()
-    except ConnectionResetError:  # the client left; the call runs on and is kept for a reconnect
-        return stream.response
+    return await stream_call(stream, record, unknown="unknown task_id")

@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import datetime
 import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
 
+from ..errors import OrsboxError
+from ..protocol import JSONObject
+from ..sessions import CallRecord
 from .responses import compact_json
 
 CHUNK_CHARS = 4096
@@ -108,3 +112,27 @@ class EventStream:
     async def close(self) -> web.StreamResponse:
         await self.response.write_eof()
         return self.response
+
+
+async def stream_call(stream: EventStream, record: CallRecord | None, *, unknown: str,
+                      answer: Callable[[JSONObject], JSONObject] = lambda result: result) -> web.StreamResponse:
+    """A call's SSE answer: `task_id` first, keepalives while it runs, then `answer(result)` or an `error`.
+
+    `record` None (a `task_id` this session does not know) answers the `unknown` error. A client that
+    leaves does not stop the call: it runs on, kept for a reconnect by its `task_id`.
+    """
+    try:
+        await stream.open()
+        if record is None:
+            await stream.send("error", unknown)
+            return await stream.close()
+        await stream.send("task_id", record.task_id)
+        try:
+            result = answer(await stream.wait(record.result))
+        except OrsboxError as exc:
+            await stream.send("error", str(exc.detail))
+        else:
+            await stream.send_result(result)
+        return await stream.close()
+    except ConnectionResetError:
+        return stream.response

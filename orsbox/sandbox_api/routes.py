@@ -19,8 +19,8 @@ from ..agent.wire import Method
 from ..api.exchange import Exchange
 from ..api.keys import BACKEND, CONFIG, POLICIES, SESSIONS
 from ..api.openapi import SSE, Api
-from ..api.sse import EventStream
-from ..errors import BadRequest, OrsboxError, SandboxError
+from ..api.sse import EventStream, stream_call
+from ..errors import BadRequest, SandboxError
 from ..protocol import JSONObject
 from ..sessions import State
 from .mapping import (
@@ -84,21 +84,7 @@ async def run(x: Exchange[RunBody]) -> web.StreamResponse:
     record = manager.find_call(x.session, body.task_id) if body.task_id else manager.start_request(
         x.session, Method.SANDBOX_RUN, params, label="run")
     stream = EventStream(x.request, x.app[CONFIG].keepalive, x.app[CONFIG].sse_write_timeout)
-    try:
-        await stream.open()
-        if record is None:
-            await stream.send("error", f"unknown task_id {body.task_id}")
-            return await stream.close()
-        await stream.send("task_id", record.task_id)
-        try:
-            result = _run_result(await stream.wait(record.result))  # type: ignore[arg-type]
-        except OrsboxError as exc:
-            await stream.send("error", str(exc.detail))
-        else:
-            await stream.send_result(result)
-        return await stream.close()
-    except ConnectionResetError:  # the client left; the command runs on and is kept for a reconnect
-        return stream.response
+    return await stream_call(stream, record, unknown=f"unknown task_id {body.task_id}", answer=_run_result)
 
 
 @sandbox_api.post("/stat_file", answer=JSONObject, gated=True, errors=(403, 404))

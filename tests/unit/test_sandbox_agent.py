@@ -30,6 +30,8 @@ from orsbox.agent.runtime.procfs import kill_processes, user_pids
 from orsbox.agent.wire import ErrorType, Method, WireError
 from orsbox.backends.session_folder import AgentListener, make_folder
 
+from ..support.fake_backend import UNUSED_UID
+
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 4 * 1024 * 1024 - 64 * 1024  # openreward's FILE_CHUNK_BYTES
 MiB = 1024 * 1024
@@ -105,11 +107,8 @@ class Box:
 
 @pytest.fixture(scope="module")
 def uid() -> int:
-    """A uid no process has, for this module's agents."""
-    for candidate in range(64200 + os.getpid() % 500, 65000):
-        if not user_pids(candidate):
-            return candidate
-    raise RuntimeError("no unused uid")
+    """A uid no process has, for this module's agents (the fake backend's: picked per test process)."""
+    return UNUSED_UID
 
 
 @pytest.fixture
