@@ -13,6 +13,7 @@ import json
 import structlog
 
 from ..auth import Principal
+from ..auth.keyring import server_secret
 from ..backends.backend import Backend
 from ..catalog import Catalog, EnvironmentInfo
 from ..config import Config
@@ -21,8 +22,10 @@ from ..metrics import Metrics
 from ..policy import PolicySet
 from ..protocol import JSONObject, Secret
 from .adoption import Adoption
+from .binding import Binder
 from .calls import Calls, channel_of
 from .lifecycle import Lifecycle
+from .pool import Pool
 from .reaper import Reaper
 from .registry import Registry
 from .secrets import secrets_for_session
@@ -42,18 +45,23 @@ class SessionManager:
         self.config = config
         self.tasks = Tasks()
         self.registry = Registry(config)
-        self.lifecycle = Lifecycle(backend, self.registry, self.tasks, config, metrics)
+        self.pool = Pool(backend, self.registry, self.tasks, config, metrics)
+        binder = Binder(server_secret(config.state_dir))
+        self.lifecycle = Lifecycle(backend, self.registry, self.tasks, config, metrics, self.pool, binder)
         self.calls = Calls(self.registry, self.tasks, config, metrics)
-        self.reaper = Reaper(backend, self.registry, self.lifecycle, config, metrics)
+        self.reaper = Reaper(backend, self.registry, self.lifecycle, self.pool, config, metrics)
         metrics.watch_sessions(lambda: [(s.env.name, s.state.value) for s in self.registry.live.values()])
-        self.adoption = Adoption(backend, catalog, self.registry, self.lifecycle, config, policies)
+        self.adoption = Adoption(backend, catalog, self.registry, self.lifecycle, self.pool, binder, config, policies)
         self._background: list[asyncio.Task[None]] = []
 
     # -- the manager's own lifecycle ---------------------------------------------
 
     async def start(self, engine_watch_interval: float) -> None:
-        """Adopt or remove what a previous run left, then reap and watch the engine in the background."""
+        """Adopt or remove what a previous run left, fill the warm pools, then reap and watch the engine in the
+        background."""
+        self.pool.configure(self.catalog.environments())
         await self.adoption.adopt_or_sweep()
+        self.pool.refill_all()
         self._background = [asyncio.create_task(self.reaper.run()),
                             asyncio.create_task(self.reaper.watch_engine(engine_watch_interval))]
 
@@ -63,16 +71,17 @@ class SessionManager:
 
     def drain(self) -> None:
         """Refuse new sessions from now on (shutdown has begun); existing ones keep working."""
-        self.lifecycle.closing = True
+        self.lifecycle.closing = self.pool.closing = True
 
     async def close(self, timeout: float) -> None:
         """End every session (sandbox removed) and every background task.
 
-        With `keep_sessions`, ready sessions' sandboxes stay for the next run to adopt.
+        With `keep_sessions`, ready sessions' sandboxes (and the pools' waiting ones) stay for the next run to adopt.
         """
         self.lifecycle.closing = True
         for task in self._background:
             task.cancel()
+        await self.pool.close(keep=self.config.keep_sessions)
         if self.config.keep_sessions:
             await self.lifecycle.let_go()
         ends = [asyncio.ensure_future(self.lifecycle.end(s, "the server shut down"))

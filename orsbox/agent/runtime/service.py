@@ -124,6 +124,9 @@ class Agent:
         self.env: Optional[Environment] = None
         self.state = "new"  # new -> ready | failed -> torn_down
         self.setup_error: Optional[str] = None
+        # A pool container's session, given with setup and signed by the server: reported in hello, for adoption.
+        self.binding: Optional[Dict[str, Any]] = None
+        self._environment_class: Optional[Type[Environment]] = None
         self._setup_lock = asyncio.Lock()
         # `--entrypoint sandbox`: no Environment, the sandbox methods (runtime/sandbox.py)
         self.sandbox = Sandbox(RUNNER, enabled=entrypoint == wire.SANDBOX_ENTRYPOINT)
@@ -136,6 +139,16 @@ class Agent:
             Method.TEARDOWN: self.teardown,
             **self.sandbox.handlers(),
         }
+
+    def preload(self) -> None:
+        """Import the environment's code now, before any session (a pool container's setup then only runs
+        it); an import that fails is reported by setup."""
+        if self.sandbox.enabled:
+            return
+        try:
+            self._environment_class = load_environment_class(self.entrypoint)
+        except Exception as exc:
+            log("preload_failed", error="%s: %s" % (type(exc).__name__, exc))
 
     async def dispatch(self, frame: Dict[str, Any]) -> Any:
         handler = self.handlers.get(frame.get("method"))  # type: ignore[arg-type]
@@ -153,6 +166,7 @@ class Agent:
             "pid": os.getpid(),
             "environment": self.entrypoint,
             "state": self.state,
+            **({"binding": self.binding} if self.binding is not None else {}),
             **self.sandbox.hello(),
         }
 
@@ -162,12 +176,15 @@ class Agent:
                 return {}
             if self.state != "new":
                 raise WireError(ErrorType.SETUP_FAILED, self.setup_error or "setup already ran")
+            binding = params.get("binding")
+            if isinstance(binding, dict):
+                self.binding = binding
             try:
                 if self.sandbox.enabled:
                     self.sandbox.configure(params.get("sandbox"))
                     self.state = "ready"
                     return {}
-                cls = load_environment_class(self.entrypoint)
+                cls = self._environment_class or load_environment_class(self.entrypoint)
                 env = cls(params.get("task") or {}, params.get("secrets") or {})
                 await call_maybe_async(env.setup)
             except Exception as exc:

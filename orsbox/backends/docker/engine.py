@@ -270,7 +270,7 @@ class DockerBackend:
         name = container_name(spec.session_id)
         folder = make_folder(self.sessions_dir, name)
         self._folders_in_use.add(name)
-        labels = self._labels(role="session", environment=spec.environment.name)
+        labels = self._labels(role="pool" if spec.pooled else "session", environment=spec.environment.name)
         labels.update({LABEL_SESSION: spec.session_id, LABEL_POLICY_NAME: spec.policy.digest(),
                        LABEL_OWNER: spec.owner})
         if spec.sandbox_request is not None:
