@@ -22,6 +22,7 @@ from .. import wire
 from ..authoring import openreward_adapter
 from ..authoring.blocks import blocks_to_json, split_to_json
 from ..authoring.environment import Environment, call_maybe_async
+from ..authoring.toolsets import ShellTools
 from ..wire import ErrorType, Method, WireError
 from .processes import RUNNER
 from .procfs import kill_processes
@@ -142,13 +143,16 @@ class Agent:
 
     def preload(self) -> None:
         """Import the environment's code now, before any session (a pool container's setup then only runs
-        it); an import that fails is reported by setup."""
+        it), and start its first shell if it has a shell tool; an import that fails is reported by setup."""
         if self.sandbox.enabled:
             return
         try:
-            self._environment_class = load_environment_class(self.entrypoint)
+            self._environment_class = cls = load_environment_class(self.entrypoint)
         except Exception as exc:
             log("preload_failed", error="%s: %s" % (type(exc).__name__, exc))
+            return
+        if issubclass(cls, ShellTools):  # its first bash call need not wait for bash to start
+            RUNNER.prestart_shell(cls.workspace)
 
     async def dispatch(self, frame: Dict[str, Any]) -> Any:
         handler = self.handlers.get(frame.get("method"))  # type: ignore[arg-type]
