@@ -124,6 +124,8 @@ class SandboxPolicy(BaseModel):
     # admission
     max_sessions: int | None = Field(None, ge=1, description="live sessions of this environment at most (429 past it)")
     max_starting: int | None = Field(None, ge=1, description="containers of this environment started at once")
+    fork_max_bytes: Bytes = Field(256 * 1024**2, description="bytes of files (as tar) a session may have to be "
+                                  "copied by /fork")
     # warm pool
     pool_min: int = Field(0, ge=0, le=256, description="containers kept started and waiting for a session (0: none)")
     pool_max: int | None = Field(None, ge=0, le=256, description="the pool grows toward this while creates find it "

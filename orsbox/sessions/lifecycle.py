@@ -20,6 +20,7 @@ from ..config import Config
 from ..errors import OrsboxError, SetupFailed
 from ..metrics import Metrics
 from .binding import Binder
+from .forks import give_snapshot
 from .pool import Pool
 from .registry import Registry
 from .session import Session, State
@@ -61,8 +62,11 @@ class Lifecycle:
                     params["sandbox"] = session.sandbox_setup
                 if binding is not None:
                     params["binding"] = binding
+                if session.fork is not None:  # a copy: the source's task, files and state
+                    params["task"] = session.fork.task
+                    params["fork"] = await give_snapshot(sandbox.channel, session.fork, policy)
                 await sandbox.channel.call(Method.SETUP, params)
-            session.task = {}  # the agent holds it now; a big task spec must not stay in the server's memory
+            session.task, session.fork = {}, None  # the agent holds them now: not kept in the server's memory
         except TimeoutError:
             self._fail(session, SetupFailed(f"TimeoutError: setup did not finish within {policy.setup_timeout:.0f} s"))
         except OrsboxError as exc:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import uuid
 
 import structlog
 
@@ -24,6 +26,7 @@ from ..protocol import JSONObject, Secret
 from .adoption import Adoption
 from .binding import Binder
 from .calls import Calls, channel_of
+from .forks import take_snapshot
 from .lifecycle import Lifecycle
 from .pool import Pool
 from .reaper import Reaper
@@ -33,6 +36,8 @@ from .session import CallRecord, Session, State
 from .tasks import Tasks
 
 log = structlog.get_logger()
+
+MAX_FORKS = 64  # copies one /fork may ask for
 
 
 class SessionManager:
@@ -134,6 +139,33 @@ class SessionManager:
         log.info("sandbox_created", session_id=sid, env=env.name, image=env.image.tags[0][:200], key=principal.key_id)
         self.metrics.created.labels(env.name, "sandbox").inc()
         return session
+
+    async def fork(self, source: Session, principal: Principal, count: int, *,
+                   secrets: dict[str, Secret] | None = None, client_keys: frozenset[str] = frozenset()) -> list[str]:
+        """`count` new sessions of the ready `source`'s environment and task, whose files and environment state
+        are copies of the source's now; they set up in the background, as created ones do."""
+        if self.lifecycle.closing:
+            raise ShuttingDown()
+        if source.is_sandbox:
+            raise BadRequest("/fork copies ORS sessions; an openreward sandbox cannot be forked")
+        if not 1 <= count <= MAX_FORKS:
+            raise BadRequest(f"count must be between 1 and {MAX_FORKS}, not {count}")
+        env = source.env
+        given = secrets_for_session(secrets or {}, env.policy, client_keys=client_keys)
+        self.registry.room_for(env, principal, count)
+        started = time.monotonic()
+        snapshot = await take_snapshot(channel_of(source), env.policy)
+        source.touch()
+        sids = []
+        for _ in range(count):
+            sid = str(uuid.uuid4())
+            self._admit(sid, env, principal)
+            self.lifecycle.begin(Session(id=sid, env=env, task={}, owner=principal.owner, fork=snapshot), given)
+            self.metrics.created.labels(env.name, "fork").inc()
+            sids.append(sid)
+        log.info("session_forked", session_id=source.id, env=env.name, copies=sids, bytes=snapshot.size,
+                 seconds=round(time.monotonic() - started, 3))
+        return sids
 
     def start_request(self, session: Session, method: str, params: JSONObject, *, label: str) -> CallRecord:
         return self.calls.start_request(session, method, params, label=label)

@@ -12,6 +12,7 @@ from ..backends.channel import AgentChannel
 from ..catalog import EnvironmentInfo
 from ..errors import OrsboxError
 from ..protocol import JSONObject
+from .forks import Snapshot
 
 
 class State(enum.Enum):
@@ -47,6 +48,7 @@ class Session:
     sandbox_request: str | None = None  # an openreward sandbox's request, as labelled on its container (else None)
     sandbox_setup: JSONObject | None = None  # a new sandbox's {"env", "workdir"} for its agent's setup
     end_task: asyncio.Task[None] | None = None
+    fork: Snapshot | None = None  # a copy made by /fork: the source's files and state, until its setup took them
 
     @property
     def sandbox(self) -> Sandbox | None:
