@@ -395,7 +395,8 @@ STORM = 32  # sessions asked for at once on the cold server (no pool): sustained
 
 
 async def measure_warm(server: ServerProcess) -> dict[str, Any]:
-    """create → first result when the environment's warm pool has a container waiting (`pool_min = 2`)."""
+    """create → first result when the environment's warm pool has a container waiting (`pool_min = 8`),
+    then a fork of 8 copies."""
     samples: list[float] = []
     async with Ors.at(server.url, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
                       headers={"X-API-Key": API_KEY}) as ors:
@@ -408,7 +409,35 @@ async def measure_warm(server: ServerProcess) -> dict[str, Any]:
             samples.append(time.perf_counter() - t0)
             check_true(answer)
             await ors.delete(sid)
-    return {"create_to_first": summary(samples)}
+        forked = await measure_fork(ors)
+    return {"create_to_first": summary(samples), "fork": forked}
+
+
+FORK_COPIES = 8
+FORK_WORKSPACE_MB = 50
+
+
+async def measure_fork(ors: Ors[aiohttp.ClientSession]) -> dict[str, Any]:
+    """`POST /fork` of a session with a 50 MiB workspace into 8 copies, until each answered a `true` call."""
+    source = await ors.create_session()
+    await ors.create(source, ENV, split="train", index=0)
+    prepared, _ = await ors.call_when_ready(source, "bash", {"command": (
+        f"head -c {FORK_WORKSPACE_MB}M /dev/urandom > /workspace/state.bin")}, env=ENV, timeout=CALL_TIMEOUT)
+    check_true(prepared)
+    t0 = time.perf_counter()
+    response = await ors.http.post("/fork", json={"count": FORK_COPIES}, headers={"X-Session-ID": source})
+    if response.status != 200:
+        raise BenchError(f"/fork: HTTP {response.status}: {await response.text()}")
+    copies = (await response.json())["sids"]
+    answered = time.perf_counter() - t0
+    answers = await asyncio.gather(*(ors.call_when_ready(sid, "bash", TRUE_CALL, env=ENV, timeout=CALL_TIMEOUT)
+                                     for sid in copies))
+    ready = time.perf_counter() - t0
+    for answer, _ in answers:
+        check_true(answer)
+    await asyncio.gather(*(ors.delete(sid) for sid in [source, *copies]))
+    return {"copies": FORK_COPIES, "workspace_mb": FORK_WORKSPACE_MB, "answer_seconds": round(answered, 3),
+            "all_ready_seconds": round(ready, 3)}
 
 
 async def until_pool_ready(ors: Ors[aiohttp.ClientSession], timeout: float = 60.0) -> None:
@@ -446,18 +475,18 @@ async def measure_storm(server: ServerProcess) -> dict[str, Any]:
 
 
 def warm_pool_server(base_env: dict[str, str], node_id: str, logs: Path) -> ServerProcess:
-    """A second orsbox (its own state dir and node id) whose bench environment keeps a warm pool of two."""
+    """A second orsbox (its own state dir and node id) whose bench environment keeps a warm pool of eight."""
     policies = logs / "warm-policies"
     policies.mkdir(exist_ok=True)
     for policy in (ROOT / "sandbox_policies").glob("*.toml"):
         shutil.copy(policy, policies / policy.name)
-    (policies / f"{ENV}.toml").write_text("pool_min = 2\n")
+    (policies / f"{ENV}.toml").write_text(f"pool_min = {FORK_COPIES}\n")
     port = free_port()
     return ServerProcess(
         "orsbox-warm", [str(VENV_BIN / "orsbox"), "serve", "--host", LOOPBACK, "--port", str(port),
                         "--policies", str(policies)],
         {**base_env, "ORSBOX_STATE_DIR": str(WARM_STATE_DIR), "ORSBOX_NODE_ID": f"{node_id}-warm",
-         "ORSBOX_API_KEYS": API_KEY}, port, logs / "orsbox-warm.log")
+         "ORSBOX_API_KEYS": API_KEY, "ORSBOX_POOL_MEMORY": str(16 * 1024**3)}, port, logs / "orsbox-warm.log")
 
 
 # ---------------------------------------------------------------- docker baseline
@@ -608,6 +637,10 @@ def render_table(results: dict[str, Any]) -> str:
         ("create → first result, warm pool, p50 / p90 (ms)",
          pair(results["warm"]["create_to_first"], "p50_ms", "p90_ms") if "create_to_first" in results.get(
              "warm", {}) else f"failed: {results.get('warm', {}).get('error', '?')[:60]}", "", ""),
+        (f"fork into {FORK_COPIES} copies, {FORK_WORKSPACE_MB} MiB workspace: answer / all ready (ms)",
+         (f"{fmt_ms(sec_ms(results['warm']['fork']['answer_seconds']))} / "
+          f"{fmt_ms(sec_ms(results['warm']['fork']['all_ready_seconds']))}") if "fork" in results.get("warm", {})
+         else "failed", "", ""),
         (f"storm of {STORM} creates, no pool: sessions ready / s",
          str(results["storm"]["per_second"]) if "per_second" in results.get("storm", {})
          else f"failed: {results.get('storm', {}).get('error', '?')[:60]}", "", ""),

@@ -23,6 +23,7 @@ from ..protocol import JSONObject
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 EXPORT_TIMEOUT = 180.0  # s for the source to pack its files
+GIVE_CHUNK = 8 * 1024 * 1024  # bytes of archive per frame to a copy (the agent reads frames of up to 32 MiB)
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Snapshot:
 
     task: JSONObject
     state: Any
-    chunks: tuple[str, ...]  # base64, as the source's agent sent them (each copy's agent checks them)
+    chunks: tuple[str, ...]  # base64 pieces of the archive (each copy's agent checks the whole one's sha256)
     size: int
     sha256: str
 
@@ -55,22 +56,22 @@ async def take_snapshot(channel: AgentChannel, policy: SandboxPolicy) -> Snapsho
 
 
 async def _read_chunks(channel: AgentChannel, size: int) -> list[str]:
-    chunks: list[str] = []
-    read = 0
-    while read < size:
-        answer = await channel.call(Method.FORK_READ, {"offset": read})
+    """The archive, read in the agent's chunks (its answers are bounded by the session's frame limit), and
+    cut again into `GIVE_CHUNK` pieces for the copies (fewer, larger frames), base64 encoded once for all."""
+    archive = bytearray()
+    while len(archive) < size:
+        answer = await channel.call(Method.FORK_READ, {"offset": len(archive)})
         data = answer.get("data") if isinstance(answer, dict) else None
         if not isinstance(data, str):
             raise SandboxError("the session's agent answered fork_read without data")
         try:
-            length = len(base64.b64decode(data, validate=True))
+            chunk = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             raise SandboxError("the session's agent answered fork_read with data that is not base64") from None
-        if length == 0 or read + length > size:
-            raise SandboxError(f"the session's agent sent {read + length} bytes of a {size} byte fork")
-        chunks.append(data)
-        read += length
-    return chunks
+        if not chunk or len(archive) + len(chunk) > size:
+            raise SandboxError(f"the session's agent sent {len(archive) + len(chunk)} bytes of a {size} byte fork")
+        archive += chunk
+    return [base64.b64encode(archive[at:at + GIVE_CHUNK]).decode("ascii") for at in range(0, size, GIVE_CHUNK)]
 
 
 async def give_snapshot(channel: AgentChannel, snapshot: Snapshot, policy: SandboxPolicy) -> JSONObject:

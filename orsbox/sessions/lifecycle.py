@@ -40,6 +40,7 @@ class Lifecycle:
         self.tasks = tasks
         self.config = config
         self.closing = False  # shutdown has begun: agents dying now are not reported as gone
+        self.ending: set[str] = set()  # sandboxes (ref ids) of sessions being ended: not orphans to the sweep
 
     def begin(self, session: Session, secrets: dict[str, str]) -> None:
         """Register `session` and start its sandbox in the background."""
@@ -128,6 +129,8 @@ class Lifecycle:
     async def _end(self, session: Session, reason: str) -> None:
         started = time.monotonic()
         was_ready = session.state is State.READY
+        if session.sandbox is not None:
+            self.ending.add(session.sandbox.ref.id)
         session.state = State.ENDED
         self.registry.remove(session, reason)
         session.settled.set()
@@ -152,10 +155,14 @@ class Lifecycle:
             sandbox = await asyncio.shield(session.sandbox_future)
         except (OrsboxError, asyncio.CancelledError):
             return  # the start failed and removed what it had made
-        await sandbox.channel.close()
-        removing = time.monotonic()
-        await self.backend.remove(sandbox.ref)
-        self.metrics.container_remove.labels(session.env.name).observe(time.monotonic() - removing)
+        self.ending.add(sandbox.ref.id)
+        try:
+            await sandbox.channel.close()
+            removing = time.monotonic()
+            await self.backend.remove(sandbox.ref)
+            self.metrics.container_remove.labels(session.env.name).observe(time.monotonic() - removing)
+        finally:
+            self.ending.discard(sandbox.ref.id)
 
     async def let_go(self) -> None:
         """Disconnect from ready sessions without ending them: their sandboxes wait for adoption."""

@@ -67,7 +67,7 @@ class Reaper:
         leftovers = await self.backend.list_leftovers()
         live = self.registry.live  # read after the listing: a sandbox started meanwhile is owned, not an orphan
         owned = {session.sandbox.ref.id for session in live.values() if session.sandbox is not None}
-        owned |= self.pool.sandbox_ids()
+        owned |= self.pool.sandbox_ids() | self.lifecycle.ending  # pooled, or being removed by their session's end
         for leftover in leftovers:
             sid = leftover.session_id
             starting = sid is not None and ((sid in live and live[sid].state is State.STARTING)
