@@ -61,7 +61,7 @@ def container_settings(policy: SandboxPolicy, network: str = SESSION_NETWORK_PLA
         # starts (SETPCAP: the agent drops it too, first thing; agent/runtime/capabilities.py)
         "cap_add": ["SETUID", "SETGID", "KILL", "SETPCAP"],
         "security_opt": ["no-new-privileges", f"seccomp={seccomp_profile()}"],
-        "read_only": True,
+        "read_only": not policy.root_writable,
         "tmpfs": {
             "/tmp": f"{tmp_flags},size={policy.tmp_size},mode=1777",
             WORKSPACE: f"rw,nosuid,nodev,exec,size={policy.workspace_size},uid={uid},gid={uid},mode=0755",
