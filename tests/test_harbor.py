@@ -164,7 +164,7 @@ async def test_a_planted_reward_file_has_no_effect(harbor: Ors) -> None:
 
 async def test_a_process_left_behind_cannot_change_what_the_verifier_sees(harbor: Ors) -> None:
     expected = (EXAMPLE / "log-pipeline" / "tests" / "expected.txt").read_text()
-    waiter = ("until [ -e /tests ]; do sleep 0.02; done; printf '%s' > /app/report.txt" % expected)
+    waiter = f"until [ -e /tests ]; do sleep 0.02; done; printf '{expected}' > /app/report.txt"
     commands = [f"nohup bash -c \"{waiter}\" > /dev/null 2>&1 &", f"setsid bash -c \"{waiter}\" > /dev/null 2>&1 &",
                 "sleep 0.2; pgrep -c -f 'until' || true"]
     outputs, graded = await in_thread(lambda: episode(harbor, "log-pipeline", *commands))

@@ -5,7 +5,7 @@ and sizes each task's policy: `[environment]` cpus and memory_mb are given exact
 dataset's policy (`sandbox_policies/<dataset>.toml` over default.toml: the caps), else a session of that
 task is refused (400) saying why, never given more; the root file system is writable (Harbor images expect
 it); `[agent].timeout_sec` plus the verifier's time bounds the session's lifetime. The task's tests stay on
-the host until `submit`, when `tests_payload` reads them and they go with that call to the agent.
+the host until `submit`, when `verifier_files` reads them and they go with that call to the agent.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ async def _serve_task(backend: Backend, dataset: Dataset, task: HarborTask, shar
                           error=ImageUnavailable)
     environment = EnvironmentInfo(
         EnvironmentImage(dataset.name, found.image_id, HARBOR_ENTRYPOINT, None, found.tags, ""), policy,
-        shared.splits, shared.tools, shared.tasks, shared.listable, call_extras=lambda tool: tests_extras(task, tool))
+        shared.splits, shared.tools, shared.tasks, shared.listable, call_extras=lambda tool: verifier_extras(task, tool))
     return ServedTask(task, environment, workdir=found.workdir)
 
 
@@ -150,14 +150,14 @@ def _tmpfs_within(policy: SandboxPolicy, memory: int) -> dict[str, int]:
     return {name: max(1024**2, size * room // total // 1024**2 * 1024**2) for name, size in sizes.items()}
 
 
-async def tests_extras(task: HarborTask, tool: str) -> JSONObject:
+async def verifier_extras(task: HarborTask, tool: str) -> JSONObject:
     """What goes with a call of `tool`: for `submit`, the task's tests/ (read now, from the host)."""
     if tool != "submit":
         return {}
-    return {"delivered": await asyncio.to_thread(tests_payload, task.tests_dir)}
+    return {"delivered": await asyncio.to_thread(verifier_files, task.tests_dir)}
 
 
-def tests_payload(folder: Path) -> JSONObject:
+def verifier_files(folder: Path) -> JSONObject:
     """{"files": {relative path: base64}, "executable": [...]} of `folder`; symlinks and special files left out."""
     files: dict[str, str] = {}
     executable: list[str] = []
