@@ -94,7 +94,8 @@ async def _serve_task(backend: Backend, dataset: Dataset, task: HarborTask, shar
                           error=ImageUnavailable)
     environment = EnvironmentInfo(
         EnvironmentImage(dataset.name, found.image_id, HARBOR_ENTRYPOINT, None, found.tags, ""), policy,
-        shared.splits, shared.tools, shared.tasks, shared.listable, call_extras=lambda tool: verifier_extras(task, tool))
+        shared.splits, shared.tools, shared.tasks, shared.listable,
+        call_extras=lambda tool: verifier_extras(task, tool))
     return ServedTask(task, environment, workdir=found.workdir)
 
 

@@ -104,7 +104,7 @@ def test_resources_are_given_within_the_caps_and_refused_past_them(tmp_path: Pat
     assert policy.max_lifetime == caps.setup_timeout + 100 + 20 + 60
     assert policy.tmp_size + policy.workspace_size + policy.home_size + policy.shm_size <= 192 * 1024**2
     big = read_task(task_folder(tmp_path, "big", "[environment]\ncpus = 4\nmemory_mb = 512\n"))
-    with pytest.raises(BadRequest, match="cpus = 4.*at most cpus = 2"):
+    with pytest.raises(BadRequest, match=r"cpus = 4.*at most cpus = 2"):
         task_policy(caps, big, "d")
     default = read_task(task_folder(tmp_path, "default"))  # Harbor's default: 2048 MB
     with pytest.raises(BadRequest, match="memory_mb = 2048"):
@@ -147,5 +147,5 @@ def test_tests_travel_as_relative_files_only(tmp_path: Path) -> None:
 def test_config_pairs_are_checked() -> None:
     config = Config(harbor_datasets=["Ex=/srv/ex"], harbor_base_map=["ubuntu:24.04=orsbox/base:latest"])
     assert config.datasets == {"ex": Path("/srv/ex")} and config.base_map == {"ubuntu:24.04": "orsbox/base:latest"}
-    with pytest.raises(ConfigError, match="harbor_datasets.*NAME=VALUE"):
+    with pytest.raises(ConfigError, match=r"harbor_datasets.*NAME=VALUE"):
         Config.resolve({}, environ={"ORSBOX_HARBOR_DATASETS": "just-a-name"})
