@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,7 +70,8 @@ def odd_dataset(tmp_path_factory: pytest.TempPathFactory, engine: docker.DockerC
     write_task(root, "failing-build", dockerfile="FROM orsbox/base:latest\nRUN echo compiling && false\n")
     write_task(root, "unmapped-from", dockerfile="FROM example.com/nowhere:1.0\n")
     write_task(root, "over-cap", toml="[environment]\ncpus = 8\nmemory_mb = 512\n")
-    write_task(root, "slow-verifier", toml="[verifier]\ntimeout_sec = 2.0\n[environment]\nmemory_mb = 512\n",
+    write_task(root, "slow-verifier", toml="[verifier]\ntimeout_sec = 2.0\n[agent]\ntimeout_sec = 3.0\n"
+                                           "[environment]\nmemory_mb = 512\n",
                test="sleep 60\necho 1 > /logs/verifier/reward.txt\n")
     build_dataset(load_dataset("odd", root), {}, client=engine, progress=QUIET)
     yield root
@@ -96,8 +98,8 @@ def dataset_env(ors: Ors, name: str = DATASET) -> Any:
 def episode(ors: Ors, task: str, *commands: str, name: str = DATASET) -> tuple[list[Any], Any]:
     """Run `commands` through the bash tool in a session of `task`, then submit: (the bash outputs, submit's)."""
     env = dataset_env(ors, name)
-    index = [t.task_spec["id"] for t in env.list_tasks("test")].index(task)
-    with env.session(split="test", index=index) as session:
+    listed = next(t for t in env.list_tasks("test") if t.task_spec["id"] == task)
+    with env.session(task=listed) as session:  # its task_spec: {"id": ...}
         outputs = [session.call_tool("bash", {"command": command}) for command in commands]
         return outputs, session.call_tool("submit", {})
 
@@ -202,7 +204,14 @@ async def test_over_cap_resources_and_a_slow_verifier(aiohttp_client: Any, harbo
                                   headers={"X-Session-ID": "unbuilt-1"})
     assert unbuilt.status == 404 and "is not built" in (await unbuilt.json())["detail"]
 
-    _, graded = await in_thread(lambda: episode(ors, "slow-verifier", "echo hi", name="odd"))
+    unknown = await ors.http.post("/create", json={"env_name": "odd", "task_spec": {"id": "bad-toml"}},
+                                  headers={"X-Session-ID": "unknown-1"})
+    assert unknown.status == 400 and "has no task 'bad-toml'" in (await unknown.json())["detail"]
+
+    # past [agent].timeout_sec (3 s) only submit is accepted; the verifier then times out ([verifier] 2 s)
+    outputs, graded = await in_thread(lambda: episode(ors, "slow-verifier", "sleep 4", "echo late", name="odd"))
+    assert "time for this task (3s, [agent].timeout_sec) is up" in outputs[1].blocks[0].text
+    assert outputs[1].metadata == {"agent_timeout": True}
     assert graded.reward == 0.0 and graded.metadata["failure"] == "verifier"
     assert "did not finish within 2 s" in graded.metadata["reason"]
 
@@ -214,16 +223,21 @@ async def test_images_are_rebuilt_only_when_the_task_folder_changes(tmp_path: Pa
     data = tmp_path / "change-me" / "environment" / "data.txt"
     data.write_text("one\n")
 
+    tags = []
+
     def build() -> bool:
         report = build_dataset(load_dataset("rebuild", tmp_path), {}, client=engine, progress=QUIET)
         assert not report.failures
+        tags.append(report.images[0].tag)
         return report.images[0].built
 
     build()
     assert build() is False
     (tmp_path / "change-me" / "instruction.md").write_text("Another prompt.\n")  # not the environment: no rebuild
     assert build() is False
-    data.write_text("two\n")
+    data.write_text(f"{uuid.uuid4()}\n")  # content no image was built from yet
     assert build() is True
     data.write_text("one\n")  # back to a known image: current again
     assert build() is False
+    assert tags[4] == tags[0] != tags[3]
+    engine.images.remove(tags[3])
