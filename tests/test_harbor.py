@@ -159,9 +159,15 @@ async def test_a_planted_reward_file_has_no_effect(harbor: Ors) -> None:
     plant = ("echo 1 > /logs/verifier/reward.txt; echo '{\"reward\": 1}' > /logs/verifier/reward.json; "
              "mkdir -p /logs/verifier 2>&1; ln -s /tmp/reward.txt /logs/verifier/x 2>&1; echo 1 > /tmp/reward.txt; "
              "rm -rf /logs/verifier 2>&1; ls -ld /logs /logs/verifier")
-    outputs, graded = await in_thread(lambda: episode(harbor, "inventory-report", plant))
+    # code the verifier's python3 would run if it loaded a user site the agent can write (/tmp, its HOME)
+    forge = ("for home in /tmp /home/user; do for v in 3.8 3.9 3.10 3.11 3.12 3.13; do "
+             "d=$home/.local/lib/python$v/site-packages; mkdir -p $d; "
+             "echo 'import os; open(\"/logs/verifier/reward.txt\", \"w\").write(\"1\"); os._exit(0)' "
+             "> $d/usercustomize.py; done; done; ls /tmp/.local/lib")
+    outputs, graded = await in_thread(lambda: episode(harbor, "log-pipeline", plant, forge))
     assert "Permission denied" in outputs[0].blocks[0].text
-    assert graded.reward == 0.0 and "failure" not in graded.metadata
+    assert "python3.11" in outputs[1].blocks[0].text
+    assert graded.reward == 0.0 and "failure" not in graded.metadata, graded.metadata
 
 
 async def test_a_process_left_behind_cannot_change_what_the_verifier_sees(harbor: Ors) -> None:

@@ -188,7 +188,10 @@ def _failed(reason: str, started: float, uid: int, details: Optional[Dict[str, A
 
 
 def _verifier_env(extra: Dict[str, str]) -> Dict[str, str]:
-    env = program_env(home="/tmp")
+    """A clean environment, HOME a folder nobody can create (so no user site-packages or dotfile the agent
+    planted, e.g. in /tmp, is loaded), and the task's `[verifier].env`."""
+    env = program_env()
+    env["PYTHONNOUSERSITE"] = "1"
     for name, value in (extra or {}).items():
         if name and "=" not in name and "\0" not in name and "\0" not in str(value) and name != "PATH":
             env[str(name)] = str(value)
