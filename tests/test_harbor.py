@@ -73,6 +73,7 @@ def odd_dataset(tmp_path_factory: pytest.TempPathFactory, engine: docker.DockerC
     write_task(root, "slow-verifier", toml="[verifier]\ntimeout_sec = 2.0\n[agent]\ntimeout_sec = 3.0\n"
                                            "[environment]\nmemory_mb = 512\n",
                test="sleep 60\necho 1 > /logs/verifier/reward.txt\n")
+    write_task(root, "crashing-verifier", test="echo 'Traceback: boom' >&2; exit 3\n")
     build_dataset(load_dataset("odd", root), {}, client=engine, progress=QUIET)
     yield root
     shutil.rmtree(root, ignore_errors=True)
@@ -200,13 +201,13 @@ async def test_over_cap_resources_and_a_slow_verifier(aiohttp_client: Any, harbo
         update={"harbor_datasets": [f"odd={odd_dataset}"]}))))
     listed = await (await ors.http.post("/odd/tasks", json={"split": "test"})).json()
     tasks = [t["id"] for t in listed["tasks"]]
-    assert tasks == ["failing-build", "over-cap", "slow-verifier", "unmapped-from"]
-    refused = await ors.http.post("/create", json={"env_name": "odd", "split": "test", "index": 1},
+    assert tasks == ["crashing-verifier", "failing-build", "over-cap", "slow-verifier", "unmapped-from"]
+    refused = await ors.http.post("/create", json={"env_name": "odd", "split": "test", "index": 2},
                                   headers={"X-Session-ID": "over-cap-1"})
     assert refused.status == 400
     detail = (await refused.json())["detail"]
     assert "cpus = 8" in detail and "at most cpus = 1" in detail
-    unbuilt = await ors.http.post("/create", json={"env_name": "odd", "split": "test", "index": 0},
+    unbuilt = await ors.http.post("/create", json={"env_name": "odd", "split": "test", "index": 1},
                                   headers={"X-Session-ID": "unbuilt-1"})
     assert unbuilt.status == 404 and "is not built" in (await unbuilt.json())["detail"]
 
@@ -220,6 +221,26 @@ async def test_over_cap_resources_and_a_slow_verifier(aiohttp_client: Any, harbo
     assert outputs[1].metadata == {"agent_timeout": True}
     assert graded.reward == 0.0 and graded.metadata["failure"] == "verifier"
     assert "did not finish within 2 s" in graded.metadata["reason"]
+
+    _, crashed = await in_thread(lambda: episode(ors, "crashing-verifier", name="odd"))
+    assert crashed.reward == 0.0 and crashed.metadata["failure"] == "verifier"
+    assert crashed.metadata["reason"] == "tests/test.sh exited with status 3 and wrote no reward file"
+    assert "Traceback: boom" in crashed.metadata["verifier"]["output_tail"]
+
+
+def test_orsbox_build_and_envs_handle_datasets(tmp_path: Path, state_dir: Path, example_images: None,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from orsbox.cli import main
+
+    config = tmp_path / "orsbox.toml"
+    config.write_text(f'harbor_datasets = ["{DATASET}={EXAMPLE}"]\nharbor_base_map = {BASE_MAP!r}\n'
+                      .replace("'", '"'))
+    assert main(["build", "--config", str(config), DATASET]) == 0
+    built = capsys.readouterr().out
+    assert f"dataset {DATASET} ({EXAMPLE}): {len(TASKS)} task image(s): 0 built, {len(TASKS)} current" in built
+    assert main(["envs", "--config", str(config), "--state-dir", str(state_dir)]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(DATASET)]
+    assert listed and f"tasks (test: {len(TASKS)})" in listed[0] and "submit" in listed[0]
 
 
 async def test_images_are_rebuilt_only_when_the_task_folder_changes(tmp_path: Path,
