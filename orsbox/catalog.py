@@ -45,6 +45,7 @@ class EnvironmentInfo:
     per_task: Callable[[JSONObject], tuple[EnvironmentInfo, JSONObject]] | None = None
     # Extra `call_tool` params for a tool (a Harbor task's tests, sent only with `submit`)
     call_extras: Callable[[str], Awaitable[JSONObject]] | None = None
+    note: str = ""  # shown by `orsbox envs` (a Harbor dataset: how many of its tasks can start)
 
     @property
     def name(self) -> str:
@@ -120,11 +121,11 @@ class Catalog:
                                                        data.get("listable", {}))
             tasks = sum(map(len, data["tasks"].values()))
             log.info("environment_found", env=image.name, image=image.tags[0], tasks=tasks)
+        from .harbor.serving import dataset_environment  # here: the Harbor kind imports EnvironmentInfo
+
         for name, folder in (datasets or {}).items():
             if wanted is not None and name not in wanted:
                 continue
-            from .harbor.serving import dataset_environment  # the Harbor kind: only where datasets are configured
-
             harbor = await dataset_environment(backend, name, folder, policies.resolve(name, None),
                                                base_map or {}, image_patterns)
             if harbor is not None:

@@ -186,7 +186,8 @@ async def envs_command(args: argparse.Namespace) -> int:
         env = catalog.get(name)
         splits = ", ".join(f"{split}: {len(tasks)}" for split, tasks in env.tasks.items())
         tools = ", ".join(tool["name"] for tool in env.tools)
-        print(f"{name:12} {env.image.tags[0]:28} tasks ({splits})  tools ({tools})  policy {env.policy.digest()}")
+        note = f"  ({env.note})" if env.note else ""
+        print(f"{name:12} {env.image.tags[0]:28} tasks ({splits})  tools ({tools})  policy {env.policy.digest()}{note}")
     return 0
 
 

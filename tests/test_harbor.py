@@ -241,6 +241,7 @@ def test_orsbox_build_and_envs_handle_datasets(tmp_path: Path, state_dir: Path, 
     assert main(["envs", "--config", str(config), "--state-dir", str(state_dir)]) == 0
     listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(DATASET)]
     assert listed and f"tasks (test: {len(TASKS)})" in listed[0] and "submit" in listed[0]
+    assert listed[0].endswith(f"({len(TASKS)} of {len(TASKS)} tasks can start)")
 
 
 async def test_images_are_rebuilt_only_when_the_task_folder_changes(tmp_path: Path,

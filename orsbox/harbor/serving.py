@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -72,7 +73,8 @@ async def dataset_environment(backend: Backend, name: str, folder: Path, policy:
             log.warning("harbor_task_not_ready", env=name, task=task.id, reason=served[task.id].problem)
     ready = sum(entry.environment is not None for entry in served.values())
     log.info("environment_found", env=name, image=f"harbor:{folder}", tasks=len(served), ready=ready)
-    return shared
+    left_out = f", {len(dataset.problems)} left out (malformed)" if dataset.problems else ""
+    return dataclasses.replace(shared, note=f"{ready} of {len(served)} tasks can start{left_out}")
 
 
 async def _serve_task(backend: Backend, dataset: Dataset, task: HarborTask, shared: EnvironmentInfo,
