@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from .backends.backend import Backend, EnvironmentImage
+from .backends.backend import Backend, EnvironmentImage, Sidecar
 from .errors import BadRequest, EnvNotFound, InvalidIndex, InvalidSplit, SandboxError
 from .policy import PolicySet, SandboxPolicy
 
@@ -45,6 +45,7 @@ class EnvironmentInfo:
     per_task: Callable[[JSONObject], tuple[EnvironmentInfo, JSONObject]] | None = None
     # Extra `call_tool` params for a tool (a Harbor task's tests, sent only with `submit`)
     call_extras: Callable[[str], Awaitable[JSONObject]] | None = None
+    sidecars: tuple[Sidecar, ...] = ()  # a Harbor compose task's other services
     note: str = ""  # shown by `orsbox envs` (a Harbor dataset: how many of its tasks can start)
 
     @property

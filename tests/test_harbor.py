@@ -269,3 +269,30 @@ async def test_images_are_rebuilt_only_when_the_task_folder_changes(tmp_path: Pa
     assert build() is False
     assert tags[4] == tags[0] != tags[3]
     engine.images.remove(tags[3])
+
+
+async def test_compose_sidecars_run_on_the_private_network_and_are_gone_after_delete(
+        harbor: Ors, engine: docker.DockerClient) -> None:
+    from .support.run import NODE_ID
+
+    def sidecars() -> list[Any]:
+        return engine.containers.list(all=True, filters={"label": ["orsbox.role=sidecar", f"orsbox.node={NODE_ID}"]})
+
+    def run() -> tuple[list[str], str, str]:
+        env = dataset_env(harbor)
+        listed = next(t for t in env.list_tasks("test") if t.task_spec["id"] == "kv-sidecar")
+        with env.session(task=listed) as session:
+            # the store answers by name; nothing outside the network does (no egress, not even the host)
+            store = session.call_tool("bash", {"command": "python3 -c \"import urllib.request; print(urllib.request"
+                                                          ".urlopen('http://store:8080/get?key=gadgets').read())\""})
+            running = [c.name for c in sidecars()]  # the session is ready: its sidecars run
+            outside = session.call_tool("bash", {"command": "getent hosts example.com || echo no-dns; python3 -c "
+                                                            "\"import socket; socket.create_connection(('1.1.1.1', 80),"
+                                                            " 3)\" 2>&1 | tail -1"})
+        return running, store.blocks[0].text, outside.blocks[0].text
+
+    running, store, outside = await in_thread(run)
+    assert len(running) == 1 and running[0].endswith("-store")
+    assert "98" in store
+    assert "no-dns" in outside and "Error" in outside
+    assert sidecars() == []

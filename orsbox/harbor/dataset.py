@@ -2,7 +2,7 @@
 
     <dataset>/<task>/task.toml                 timeouts, resources, verifier env and user (taskconfig.py)
     <dataset>/<task>/instruction.md            the prompt
-    <dataset>/<task>/environment/Dockerfile    the task's image (docker-compose.yaml: not served yet)
+    <dataset>/<task>/environment/Dockerfile    the task's image (with docker-compose.yaml: its main service)
     <dataset>/<task>/tests/test.sh             the verifier: writes /logs/verifier/reward.txt or reward.json
     <dataset>/<task>/solution/solve.sh         optional: the reference solution
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HarborTaskError
+from .compose import Service, compose_file, read_compose
 from .taskconfig import TaskConfig, read_task_config
 
 DEFAULT_SPLIT = "test"
@@ -36,6 +37,7 @@ class HarborTask:
     folder: Path
     config: TaskConfig
     instruction: str
+    sidecars: tuple[Service, ...] = ()  # a compose task's services besides main
 
     @property
     def environment_dir(self) -> Path:
@@ -110,16 +112,14 @@ def read_task(folder: Path, split: str = DEFAULT_SPLIT) -> HarborTask:
     config = read_task_config(folder / "task.toml")
     instruction = _read_instruction(folder / "instruction.md")
     environment = folder / "environment"
+    compose = compose_file(environment)
+    sidecars = read_compose(compose) if compose is not None else ()
     if not (environment / "Dockerfile").is_file():
-        compose = [p.name for p in (environment / "docker-compose.yaml", environment / "docker-compose.yml")
-                   if p.is_file()]
-        if compose:
-            raise HarborTaskError(f"{environment / compose[0]}: compose tasks are not served by orsbox yet "
-                                  "(only environment/Dockerfile)")
-        raise HarborTaskError(f"{environment / 'Dockerfile'}: missing (a task's image is built from it)")
+        raise HarborTaskError(f"{environment / 'Dockerfile'}: missing (the task's image"
+                              f"{', its compose main service,' if compose else ''} is built from it)")
     if not (folder / "tests" / "test.sh").is_file():
         raise HarborTaskError(f"{folder / 'tests' / 'test.sh'}: missing (the verifier)")
-    return HarborTask(folder.name, split, folder, config, instruction)
+    return HarborTask(folder.name, split, folder, config, instruction, sidecars)
 
 
 def _read_instruction(path: Path) -> str:

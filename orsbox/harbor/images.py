@@ -26,6 +26,7 @@ from ..agent.layout import COMMAND_UID, GRADER_UID
 from ..errors import HarborTaskError, ImageBuildError
 from ..images.engine import BuiltImage, Progress, connect, current, docker_build, finish
 from ..images.hashing import context_inputs_hash, hash_tag
+from .compose import Service
 from .dataset import Dataset, HarborTask
 
 #: Bump whenever ORSBOX_LAYER or the rewriting changes: every task image is rebuilt.
@@ -66,16 +67,26 @@ def image_name(dataset: str, task_id: str) -> str:
 
 def task_image(dataset: str, task: HarborTask, base_map: Mapping[str, str]) -> TaskImage:
     """The task's image name and inputs hash (no engine needed: serve finds the image by its hash tag)."""
-    used = sorted(f"{source}={base_map[source]}" for source in from_images(task) if source in base_map)
+    sources = from_images(task) + [source for service in task.sidecars for source in (
+        [service.image] if service.image else from_images(task, _service_dockerfile(service)))]
+    used = sorted(f"{source}={base_map[source]}" for source in set(sources) if source in base_map)
     return TaskImage(image_name(dataset, task.id),
                      context_inputs_hash(task.environment_dir, "\n".join([HARBOR_RECIPE, *used])))
 
 
-def from_images(task: HarborTask) -> list[str]:
-    """The images the task's Dockerfile starts its stages from (earlier stages' names left out)."""
+def sidecar_image(dataset: str, task: HarborTask, service: Service, base_map: Mapping[str, str]) -> str:
+    """A sidecar's image: the tag it is built as (its hash is the task's), or its mapped `image`."""
+    if service.image is not None:
+        return base_map.get(service.image, service.image)
+    main = task_image(dataset, task, base_map)
+    return hash_tag(f"{main.name}-svc-{service.name}", main.inputs_hash)
+
+
+def from_images(task: HarborTask, dockerfile: Path | None = None) -> list[str]:
+    """The images the task's Dockerfile (or `dockerfile`) starts its stages from (earlier stages' names left out)."""
     stages: set[str] = set()
     images = []
-    for line in _dockerfile(task).splitlines():
+    for line in _dockerfile(task, dockerfile).splitlines():
         match = _FROM.match(line)
         if match is None:
             continue
@@ -87,19 +98,24 @@ def from_images(task: HarborTask) -> list[str]:
     return images
 
 
-def rewritten_dockerfile(task: HarborTask, base_map: Mapping[str, str]) -> str:
-    """The task's Dockerfile with mapped FROM images, then orsbox's layer."""
+def rewritten_dockerfile(task: HarborTask, base_map: Mapping[str, str], dockerfile: Path | None = None) -> str:
+    """The task's Dockerfile with mapped FROM images, then orsbox's layer (not for a sidecar's `dockerfile`)."""
     lines = []
-    for line in _dockerfile(task).splitlines():
+    for line in _dockerfile(task, dockerfile).splitlines():
         match = _FROM.match(line)
         if match is not None and match.group(3) in base_map:
             line = f"{match.group(1)}{match.group(2)}{base_map[match.group(3)]}{match.group(4)}"
         lines.append(line)
-    return "\n".join(lines) + "\n" + ORSBOX_LAYER
+    return "\n".join(lines) + "\n" + ("" if dockerfile else ORSBOX_LAYER)
 
 
-def _dockerfile(task: HarborTask) -> str:
-    path = task.environment_dir / "Dockerfile"
+def _service_dockerfile(service: Service) -> Path:
+    assert service.context is not None
+    return service.context / service.dockerfile
+
+
+def _dockerfile(task: HarborTask, dockerfile: Path | None = None) -> str:
+    path = dockerfile or task.environment_dir / "Dockerfile"
     try:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -141,24 +157,35 @@ def build_dataset(dataset: Dataset, base_map: Mapping[str, str], *, client: dock
 
 def build_task(client: docker.DockerClient, dataset: str, task: HarborTask, base_map: Mapping[str, str], *,
                progress: Progress, force: bool = False, network: bool = False) -> BuiltImage:
-    """The task's image, built from its environment/ unless current."""
+    """The task's image (and its sidecars' built images), built from its environment/ unless current."""
     image = task_image(dataset, task, base_map)
+    for service in task.sidecars:
+        if service.context is not None:
+            _build_one(client, task, f"{image.name}-svc-{service.name}", image.inputs_hash, service.context,
+                       base_map, progress=progress, force=force, network=network,
+                       dockerfile=_service_dockerfile(service))
+    return _build_one(client, task, image.name, image.inputs_hash, task.environment_dir, base_map,
+                      progress=progress, force=force, network=network)
+
+
+def _build_one(client: docker.DockerClient, task: HarborTask, name: str, inputs_hash: str, source: Path,
+               base_map: Mapping[str, str], *, progress: Progress, force: bool, network: bool,
+               dockerfile: Path | None = None) -> BuiltImage:
     if not force:
-        found = current(client, image.name, image.inputs_hash, progress)
+        found = current(client, name, inputs_hash, progress)
         if found is not None:
             return found
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="orsbox-harbor-") as tmp:
         context = Path(tmp) / "context"
-        shutil.copytree(task.environment_dir, context, symlinks=True)
-        (context / "Dockerfile").write_text(rewritten_dockerfile(task, base_map))
-        progress(f"docker build {image.tag} from {task.environment_dir}{' with network' if network else ''}…")
+        shutil.copytree(source, context, symlinks=True)
+        (context / "Dockerfile").write_text(rewritten_dockerfile(task, base_map, dockerfile))
+        progress(f"docker build {hash_tag(name, inputs_hash)} from {source}{' with network' if network else ''}…")
         try:
-            docker_build(client, image.name, context, image.inputs_hash, buildargs={}, progress=progress,
-                         network=network)
+            docker_build(client, name, context, inputs_hash, buildargs={}, progress=progress, network=network)
         except ImageBuildError as exc:
             raise ImageBuildError(exc.detail + _unmapped_hint(client, task, base_map)) from None
-    return finish(client, image.name, image.inputs_hash, started, progress)
+    return finish(client, name, inputs_hash, started, progress)
 
 
 def _unmapped_hint(client: docker.DockerClient, task: HarborTask, base_map: Mapping[str, str]) -> str:

@@ -22,14 +22,14 @@ import structlog
 from pydantic import ValidationError
 
 from ..agent.authoring.harbor import HARBOR_ENTRYPOINT, HarborEnvironment
-from ..backends.backend import Backend, EnvironmentImage
+from ..backends.backend import Backend, EnvironmentImage, Sidecar
 from ..catalog import EnvironmentInfo, JSONObject
 from ..errors import BadRequest, HarborTaskError, ImageUnavailable, OrsboxError
 from ..policy import SandboxPolicy
 from ..policy.model import MEMORY_HEADROOM, size_text
 from ..sandbox_api.mapping import image_allowed
 from .dataset import Dataset, HarborTask, load_dataset
-from .images import task_image
+from .images import sidecar_image, task_image
 
 log = structlog.get_logger()
 
@@ -94,10 +94,20 @@ async def _serve_task(backend: Backend, dataset: Dataset, task: HarborTask, shar
         return ServedTask(task, None, problem=f"task {task.id!r}: its image {image.tag} is not built (or is out of "
                                               f"date): run `orsbox build {dataset.name}` with this server's config",
                           error=ImageUnavailable)
+    sidecars = []
+    for service in task.sidecars:
+        reference = sidecar_image(dataset.name, task, service, base_map)
+        try:
+            sidecar = await backend.find_image(reference, pull=False, timeout=FIND_TIMEOUT)
+        except OrsboxError:
+            problem = (f"task {task.id!r}: the image {reference} of its service {service.name!r} is not on this "
+                       f"engine: run `orsbox build {dataset.name}`, or map it (harbor_base_map)")
+            return ServedTask(task, None, problem=problem, error=ImageUnavailable)
+        sidecars.append(Sidecar(service.name, sidecar.image_id, service.command, service.env))
     environment = EnvironmentInfo(
         EnvironmentImage(dataset.name, found.image_id, HARBOR_ENTRYPOINT, None, found.tags, ""), policy,
         shared.splits, shared.tools, shared.tasks, shared.listable,
-        call_extras=lambda tool: verifier_extras(task, tool))
+        call_extras=lambda tool: verifier_extras(task, tool), sidecars=tuple(sidecars))
     return ServedTask(task, environment, workdir=found.workdir)
 
 

@@ -42,7 +42,8 @@ class Lifecycle:
     async def _start(self, session: Session, secrets: dict[str, str]) -> None:
         policy = session.env.policy
         started = time.monotonic()
-        spec = SandboxSpec(session.id, session.env.image, policy, session.owner, session.sandbox_request)
+        spec = SandboxSpec(session.id, session.env.image, policy, session.owner, session.sandbox_request,
+                           sidecars=session.env.sidecars)
         try:
             async with asyncio.timeout(policy.setup_timeout):
                 async with self.registry.env_starts(session.env), self.registry.starts:  # queued beyond the limits

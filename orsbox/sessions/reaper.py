@@ -66,7 +66,7 @@ class Reaper:
         for leftover in await self.backend.list_leftovers():
             sid = leftover.session_id
             starting = sid is not None and sid in live and live[sid].state is State.STARTING
-            if leftover.ref.id in owned or starting:
+            if leftover.ref.id in owned or starting or (leftover.role == "sidecar" and sid in live):
                 continue
             log.warning("orphan_container_removed", container=leftover.ref.name, session_id=sid)
             await self.backend.remove(leftover.ref)

@@ -86,6 +86,16 @@ def container_settings(policy: SandboxPolicy, network: str = SESSION_NETWORK_PLA
     }
 
 
+def sidecar_settings(policy: SandboxPolicy) -> dict[str, Any]:
+    """A sidecar's container settings: the policy's limits and hardening, its image's own user and writable
+    root (it runs its own service, not the agent), on a Docker network (so runsc's network-enabled runtime)."""
+    settings = container_settings(policy)
+    kept = ("init", "cap_drop", "security_opt", "pids_limit", "mem_limit", "memswap_limit", "nano_cpus", "ulimits",
+            "log_config", "ipc_mode", "shm_size")
+    return {**{key: settings[key] for key in kept},
+            "runtime": "runc" if policy.runtime == "runc" else RUNSC_RUNTIMES["full"]}
+
+
 def network_settings(policy: SandboxPolicy, network: str = SESSION_NETWORK_PLACEHOLDER) -> dict[str, Any]:
     """The network part of `container_settings`: none, or the session's own network (DNS cut for allowlist)."""
     if policy.network == "none":
