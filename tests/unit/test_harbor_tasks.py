@@ -73,14 +73,49 @@ def test_splits_come_from_the_layout(tmp_path: Path) -> None:
     assert list(flat.tasks) == ["test"]
 
 
-def test_a_task_without_a_dockerfile_or_with_compose_is_refused(tmp_path: Path) -> None:
+def test_a_task_without_a_dockerfile_is_refused(tmp_path: Path) -> None:
     folder = task_folder(tmp_path, "x")
     (folder / "environment" / "Dockerfile").unlink()
     with pytest.raises(HarborTaskError, match="environment/Dockerfile: missing"):
         read_task(folder)
     (folder / "environment" / "docker-compose.yaml").write_text("services: {main: {build: .}}\n")
-    with pytest.raises(HarborTaskError, match="compose tasks are not served"):
+    with pytest.raises(HarborTaskError, match="its compose main service"):
         read_task(folder)
+
+
+@pytest.mark.parametrize("compose,where", [
+    ("services: {db: {image: x}}", "services.main: a compose task needs a `main` service"),
+    ("services: {main: {build: ./other}}", "services.main.build: orsbox builds main from environment/Dockerfile"),
+    ("services: {main: {}, db: {image: x, volumes: [a:/b]}}", "services.db.volumes: not supported"),
+    ("services: {main: {privileged: true}}", "services.main.privileged: not supported"),
+    ("services: {main: {}, db: {build: ../..}}", "services.db.build: must stay inside environment/"),
+    ("services: {main: {}, db: {image: '${DB_IMAGE}'}}", "services.db.image: ${DB_IMAGE} has no default"),
+    ("services: {main: {}, Bad_Name: {image: x}}", "services.Bad_Name: a service name must be a host name"),
+    ("services: [", "not valid YAML"),
+])
+def test_compose_files_are_refused_naming_the_key(tmp_path: Path, compose: str, where: str) -> None:
+    folder = task_folder(tmp_path, "x")
+    (folder / "environment" / "docker-compose.yaml").write_text(compose + "\n")
+    with pytest.raises(HarborTaskError) as caught:
+        read_task(folder)
+    assert caught.value.detail.startswith(f"{folder}/environment/docker-compose.yaml: {where}"), caught.value.detail
+
+
+def test_compose_sidecars_are_read(tmp_path: Path) -> None:
+    folder = task_folder(tmp_path, "x")
+    (folder / "environment" / "cache").mkdir()
+    (folder / "environment" / "cache" / "Dockerfile.cache").write_text("FROM redis:7\n")
+    (folder / "environment" / "docker-compose.yaml").write_text(
+        "services:\n  main: {build: {context: .}, command: [sleep, infinity], depends_on: [cache, db]}\n"
+        "  cache: {build: {context: ./cache, dockerfile: Dockerfile.cache}, command: redis-server --save ''}\n"
+        "  db: {image: 'postgres:${PG:-16}', environment: [POSTGRES_PASSWORD=pw]}\n")
+    task = read_task(folder)
+    cache, db = task.sidecars
+    assert (cache.name, cache.context, cache.dockerfile, cache.command) == (
+        "cache", (folder / "environment" / "cache").resolve(), "Dockerfile.cache", ("redis-server", "--save", ""))
+    assert (db.image, db.env) == ("postgres:16", (("POSTGRES_PASSWORD", "pw"),))
+    hashed = task_image("d", task, {"redis:7": "orsbox/base:latest"}).inputs_hash
+    assert hashed != task_image("d", task, {}).inputs_hash  # a sidecar's mapped FROM is an input too
 
 
 def test_from_lines_are_mapped_only_as_ops_say(tmp_path: Path) -> None:
