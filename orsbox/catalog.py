@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from .backends.backend import Backend, EnvironmentImage
+from .backends.backend import Backend, EnvironmentImage, Sidecar
 from .errors import BadRequest, EnvNotFound, InvalidIndex, InvalidSplit, SandboxError
 from .policy import PolicySet, SandboxPolicy
 
@@ -41,10 +41,20 @@ class EnvironmentInfo:
     tools: list[JSONObject]
     tasks: dict[str, list[JSONObject]]
     listable: dict[str, bool]  # False: the environment only offers num_tasks + get_task for that split
+    # A Harbor dataset's: the environment (its image, sized policy) and setup task of one task, or BadRequest
+    per_task: Callable[[JSONObject], tuple[EnvironmentInfo, JSONObject]] | None = None
+    # Extra `call_tool` params for a tool (a Harbor task's tests, sent only with `submit`)
+    call_extras: Callable[[str], Awaitable[JSONObject]] | None = None
+    sidecars: tuple[Sidecar, ...] = ()  # a Harbor compose task's other services
+    note: str = ""  # shown by `orsbox envs` (a Harbor dataset: how many of its tasks can start)
 
     @property
     def name(self) -> str:
         return self.image.name
+
+    def for_task(self, task: JSONObject) -> tuple[EnvironmentInfo, JSONObject]:
+        """The environment a session of `task` runs (a Harbor task's own image and resources), and its setup task."""
+        return self.per_task(task) if self.per_task is not None else (self, task)
 
     def split_tasks(self, split: str) -> list[JSONObject]:
         if split not in self.tasks:
@@ -86,8 +96,10 @@ class Catalog:
     async def load(cls, backend: Backend, policies: PolicySet, cache_dir: Path,
                    default: str | None = None, only: list[str] | None = None, *,
                    image_patterns: Sequence[str] = ("orsbox/*",),
-                   label_policies: Collection[str] = ()) -> Catalog:
-        """Find environment images (all, or those named in `only`) and read (or recall) their discovery data."""
+                   label_policies: Collection[str] = (), datasets: Mapping[str, Path] | None = None,
+                   base_map: Mapping[str, str] | None = None) -> Catalog:
+        """Find environment images (all, or those named in `only`) and read (or recall) their discovery data;
+        and the Harbor `datasets` (name -> folder), whose tasks' images `base_map` was applied to."""
         cache_dir.mkdir(parents=True, exist_ok=True)
         environments: dict[str, EnvironmentInfo] = {}
         wanted = {name.strip().lower() for name in only} if only else None
@@ -110,6 +122,15 @@ class Catalog:
                                                        data.get("listable", {}))
             tasks = sum(map(len, data["tasks"].values()))
             log.info("environment_found", env=image.name, image=image.tags[0], tasks=tasks)
+        from .harbor.serving import dataset_environment  # here: the Harbor kind imports EnvironmentInfo
+
+        for name, folder in (datasets or {}).items():
+            if wanted is not None and name not in wanted:
+                continue
+            harbor = await dataset_environment(backend, name, folder, policies.resolve(name, None),
+                                               base_map or {}, image_patterns)
+            if harbor is not None:
+                environments[name] = harbor
         return cls(environments, default)
 
     def names(self) -> list[str]:

@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--no-adopt", dest="adopt", action="store_false", default=None,
                        help="at start-up, remove left-over session containers instead of serving them again")
 
-    build = commands.add_parser("build", help="build the images in images/ that are not current",
-                                parents=[logging_options])
-    build.add_argument("names", nargs="*", help="images to build (default: all)")
+    build = commands.add_parser("build", help="build the images in images/ and the Harbor datasets' task images "
+                                              "that are not current", parents=[logging_options, config_option])
+    build.add_argument("names", nargs="*", help="images or Harbor datasets (harbor_datasets) to build (default: all)")
     build.add_argument("--images-dir", type=Path, default=Path("images"))
     build.add_argument("--force", action="store_true", help="rebuild even if current")
     build.add_argument("--allow-network", action="append", default=[], metavar="NAME",
@@ -189,7 +189,8 @@ async def envs_command(args: argparse.Namespace) -> int:
                                           timeout=config.docker_timeout, pool_size=config.docker_pool)
     try:
         catalog = await Catalog.load(backend, PolicySet.load(config.policies_dir), config.state_dir / "catalog",
-                                     image_patterns=config.image_patterns, label_policies=config.label_policies)
+                                     image_patterns=config.image_patterns, label_policies=config.label_policies,
+                                     datasets=config.datasets, base_map=config.base_map)
     finally:
         await backend.close()
     if not catalog.names():
@@ -198,7 +199,8 @@ async def envs_command(args: argparse.Namespace) -> int:
         env = catalog.get(name)
         splits = ", ".join(f"{split}: {len(tasks)}" for split, tasks in env.tasks.items())
         tools = ", ".join(tool["name"] for tool in env.tools)
-        print(f"{name:12} {env.image.tags[0]:28} tasks ({splits})  tools ({tools})  policy {env.policy.digest()}")
+        note = f"  ({env.note})" if env.note else ""
+        print(f"{name:12} {env.image.tags[0]:28} tasks ({splits})  tools ({tools})  policy {env.policy.digest()}{note}")
     return 0
 
 
@@ -241,19 +243,26 @@ def keys_command(args: argparse.Namespace) -> int:
 
 def build_command(args: argparse.Namespace) -> int:
     """Progress lines while it builds, then one line per image: its tag, and whether it was built."""
+    from .harbor.cli import build_datasets
     from .images import ImageBuildError, build_images
 
+    config = Config.from_env(args.config_file)
+    datasets = [name.lower() for name in args.names if name.lower() in config.datasets]
+    images = [name for name in args.names if name.lower() not in config.datasets]
     try:
-        results = build_images(args.images_dir, args.names or None, force=args.force,
-                               allow_network=args.allow_network)
+        results = build_images(args.images_dir, images or None, force=args.force,
+                               allow_network=args.allow_network) if images or not args.names else []
     except ImageBuildError as exc:
         print(f"orsbox build: {exc.detail}", file=sys.stderr)
         return 1
-    built = sum(image.built for image in results)
-    print(f"\n{len(results)} image(s): {built} built, {len(results) - built} current")
-    for image in results:
-        print(f"  {image.name:12} {image.tag:28} {'built' if image.built else 'current'}")
-    return 0
+    if results:
+        built = sum(image.built for image in results)
+        print(f"\n{len(results)} image(s): {built} built, {len(results) - built} current")
+        for image in results:
+            print(f"  {image.name:12} {image.tag:28} {'built' if image.built else 'current'}")
+    failures = build_datasets(config, datasets if args.names else None, force=args.force,
+                              allow_network=args.allow_network)
+    return 1 if failures else 0
 
 
 def policy_command(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -70,6 +70,9 @@ class Config(BaseModel):
     label_policies: list[str] = Field([], description="policies an image's orsbox.policy label may name")
     adopt: bool = Field(True, description="at start-up, serve again the sessions a previous run left running")
     keep_sessions: bool = Field(False, description="at shutdown, leave session containers for the next run")
+    harbor_datasets: list[str] = Field([], description="Harbor datasets served as environments: NAME=FOLDER")
+    harbor_base_map: list[str] = Field([], description="Harbor tasks' FROM images built from local ones instead: "
+                                                       "IMAGE=LOCAL (explicit, for offline builds)")
 
     @model_validator(mode="after")
     def _open_only_on_loopback(self) -> Config:
@@ -77,6 +80,27 @@ class Config(BaseModel):
             raise ValueError(f"authentication may only be off on a loopback address, not on {self.host!r}: "
                              "configure API keys (ORSBOX_API_KEYS or `orsbox keys add`) instead")
         return self
+
+    @field_validator("harbor_datasets", "harbor_base_map")
+    @classmethod
+    def _pairs(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            name, sep, value = entry.partition("=")
+            if not sep or not name.strip() or not value.strip():
+                raise ValueError(f"{entry!r} is not NAME=VALUE (e.g. example=/srv/datasets/example, "
+                                 "ubuntu:24.04=orsbox/base:latest)")
+        return [entry.strip() for entry in entries]
+
+    @property
+    def datasets(self) -> dict[str, Path]:
+        """The Harbor datasets, by lower-case name."""
+        return {name.strip().lower(): Path(folder.strip()) for name, _, folder in
+                (entry.partition("=") for entry in self.harbor_datasets)}
+
+    @property
+    def base_map(self) -> dict[str, str]:
+        return {source.strip(): local.strip() for source, _, local in
+                (entry.partition("=") for entry in self.harbor_base_map)}
 
     @property
     def key_file_path(self) -> Path:

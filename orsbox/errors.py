@@ -205,3 +205,9 @@ class EnvironmentFailed(OrsboxError):
     """The environment's own code raised outside a tool (prompt, task tools)."""
 
     status, code = 500, "environment_error"
+
+
+class HarborTaskError(OrsboxError):
+    """A Harbor task folder is malformed (task.toml, instruction.md, environment/): names the file and field."""
+
+    code = "harbor_task_invalid"

@@ -73,7 +73,8 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         policies.require_network(app[BACKEND].network_problem())
         app[CATALOG] = await Catalog.load(app[BACKEND], policies, config.state_dir / "catalog",
                                           config.default_environment, only=config.environments,
-                                          image_patterns=config.image_patterns, label_policies=config.label_policies)
+                                          image_patterns=config.image_patterns, label_policies=config.label_policies,
+                                          datasets=config.datasets, base_map=config.base_map)
         if not app[CATALOG].names():
             log.warning("no_environments", hint="build the example images: orsbox build")
         yield

@@ -54,6 +54,16 @@ class FoundImage:
 
 
 @dataclass(frozen=True)
+class Sidecar:
+    """A container beside a session's own (a Harbor compose task's other services), on its private network."""
+
+    service: str  # its host name on the network
+    image_id: str
+    command: tuple[str, ...] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     """Everything needed to start one session's sandbox."""
 
@@ -63,6 +73,7 @@ class SandboxSpec:
     owner: str  # who created the session (a digest, never a key)
     sandbox_request: str | None = None  # an openreward sandbox's request (JSON, no env), kept for adoption
     pooled: bool = False  # a warm pool's container: `session_id` names its pool slot, `owner` is ""
+    sidecars: tuple[Sidecar, ...] = ()  # started first, on a network of the session's own; removed with it
 
 
 @dataclass(frozen=True)

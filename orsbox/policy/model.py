@@ -103,6 +103,8 @@ class SandboxPolicy(BaseModel):
     home_size: Bytes = Field(64 * 1024**2, description="size of the command user's home tmpfs")
     shm_size: Bytes = Field(64 * 1024**2, description="size of the /dev/shm tmpfs (POSIX shared memory)")
     tmp_exec: bool = Field(False, description="allow executing files from /tmp")
+    root_writable: bool = Field(False, description="the root file system is writable (its layer is not size-capped; "
+                                                   "Harbor tasks get this, their images expect it)")
     # isolation
     network: Literal["none", "allowlist", "full"] = Field(
         "none", description="none: loopback only; allowlist: only the `allow` entries, through orsbox's egress "

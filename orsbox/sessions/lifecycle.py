@@ -93,7 +93,8 @@ class Lifecycle:
 
     async def _start_cold(self, session: Session) -> Sandbox:
         policy = session.env.policy
-        spec = SandboxSpec(session.id, session.env.image, policy, session.owner, session.sandbox_request)
+        spec = SandboxSpec(session.id, session.env.image, policy, session.owner, session.sandbox_request,
+                           sidecars=session.env.sidecars)
         async with self.registry.env_starts(session.env), self.registry.starts:  # queued beyond the limits
             session.sandbox_future = self.tasks.spawn(self.backend.start(spec, timeout=policy.setup_timeout), session)
             starting = time.monotonic()

@@ -118,9 +118,10 @@ class SessionManager:
             size = len(json.dumps(task_spec, ensure_ascii=False, separators=(",", ":")).encode())
             if size > self.config.max_task_spec_bytes:
                 raise BadRequest(f"task_spec is {size} bytes of JSON; at most {self.config.max_task_spec_bytes}")
+        task = task_spec if task_spec is not None else env.task(split or "", index or 0)
+        env, task = env.for_task(task)  # a Harbor task: its own image and resources (400 past the policy's caps)
         given = secrets_for_session(secrets or {}, env.policy, client_keys=client_keys)
         self._admit(sid, env, principal)
-        task = task_spec if task_spec is not None else env.task(split or "", index or 0)
         session = Session(id=sid, env=env, task=dict(task), owner=principal.owner)
         self.lifecycle.begin(session, given)
         log.info("session_created", session_id=sid, env=env.name, task_id=task.get("id"), key=principal.key_id)

@@ -79,8 +79,8 @@ class Pool:
 
     def configure(self, environments: Iterable[EnvironmentInfo]) -> None:
         """Keep pools for the environments whose policy asks for one (filled by `refill_all`)."""
-        for env in environments:
-            if env.policy.pool_limit > 0 and env.name not in self._pools:
+        for env in environments:  # a Harbor dataset's tasks each have an image of their own: not pooled yet
+            if env.policy.pool_limit > 0 and env.name not in self._pools and env.per_task is None:
                 self._pools[env.name] = EnvironmentPool(env, target=env.policy.pool_min)
 
     # -- taking ---------------------------------------------------------------------
@@ -88,7 +88,7 @@ class Pool:
     def take(self, env: EnvironmentInfo) -> Sandbox | None:
         """A ready pool container of `env` (now the caller's), or None: start one cold."""
         pool = self._pools.get(env.name)
-        if pool is None or self.closing:
+        if pool is None or self.closing or pool.env.image.image_id != env.image.image_id or env.sidecars:
             return None
         while pool.ready:
             warm = pool.ready.popleft()

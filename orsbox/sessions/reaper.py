@@ -72,7 +72,7 @@ class Reaper:
             sid = leftover.session_id
             starting = sid is not None and ((sid in live and live[sid].state is State.STARTING)
                                             or sid in self.pool.slots())
-            if leftover.ref.id in owned or starting:
+            if leftover.ref.id in owned or starting or (leftover.role == "sidecar" and sid in live):
                 continue
             log.warning("orphan_container_removed", container=leftover.ref.name, session_id=sid)
             await self.backend.remove(leftover.ref)

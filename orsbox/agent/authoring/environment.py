@@ -159,6 +159,10 @@ class Environment:
     def get_prompt(self) -> Union[Sequence[Block], Awaitable[Sequence[Block]]]:
         raise NotImplementedError("%s must implement get_prompt()" % type(self).__name__)
 
+    def deliver(self, tool: str, payload: Any) -> None:
+        """Take what the server sends along with a call of `tool` (a Harbor task's tests, with `submit`),
+        before the tool runs: files the container never held before. Ignored unless an environment wants it."""
+
     def list_task_tools(self) -> Union[Sequence[ToolSpec], Awaitable[Sequence[ToolSpec]]]:
         """Task-specific tools (methods marked `@tool(shared=False)`)."""
         return [spec for spec in self.tool_specs(shared=None) if not spec.info.shared]

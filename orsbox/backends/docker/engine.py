@@ -71,7 +71,7 @@ from ..backend import (
 from ..channel import open_channel
 from ..network.networks import Firewall, SessionNetwork, SessionNetworks
 from ..session_folder import AgentListener, folder_names, make_folder, remove_folder
-from .settings import container_settings, runtime_problem
+from .settings import container_settings, runtime_problem, sidecar_settings
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -144,6 +144,7 @@ class DockerBackend:
         self.state_dir = state_dir
         self.sessions_dir = state_dir / "sessions"
         self._folders_in_use: set[str] = set()  # session folders of sandboxes this process started or reattached
+        self._sidecars: dict[str, list[str]] = {}  # session container name -> its sidecars' names
         self.node_id = node_id
         self.agent_dir = stage_agent(state_dir)
         self.agent_digest = self.agent_dir.name
@@ -288,10 +289,13 @@ class DockerBackend:
         try:
             with AgentListener.open(folder) as listener:
                 network = None
-                if spec.policy.network != "none":  # its own network, named like the container
+                if spec.policy.network != "none" or spec.sidecars:  # its own network, named like the container
                     network = await self.networks.create(name, spec.session_id, spec.policy, self._labels(
-                        role="network", environment=spec.environment.name))
+                        role="network", environment=spec.environment.name), mode="compose" if spec.sidecars else None)
                 settings = self._settings(spec.policy, labels=labels, network=network)
+                if spec.sidecars and network is not None:
+                    settings.update(await self._start_sidecars(name, spec, network))
+                    settings.pop("network_mode", None)
                 settings["volumes"] = {
                     str(folder): {"bind": SOCKET_DIR, "mode": "ro"},  # the container cannot write host storage
                     str(self.agent_dir): {"bind": AGENT_MOUNT, "mode": "ro"},
@@ -304,6 +308,30 @@ class DockerBackend:
         except BaseException:
             await self.remove(ref)
             raise
+
+    async def _start_sidecars(self, name: str, spec: SandboxSpec, network: SessionNetwork) -> dict[str, Any]:
+        """Start the session's sidecars on its network (`<container name>-<service>`, the policy's limits each);
+        the session container's settings that reach them: the network, and their names in its /etc/hosts."""
+        hosts: dict[str, str] = {}
+        for sidecar in spec.sidecars:
+            sidecar_name = f"{name}-{sidecar.service}"
+            self._sidecars.setdefault(name, []).append(sidecar_name)
+            labels = {**self._labels(role="sidecar", environment=spec.environment.name),
+                      LABEL_SESSION: spec.session_id, LABEL_OWNER: spec.owner}
+            container = await self._run(
+                f"create sidecar {sidecar.service}", self.client.containers.create, sidecar.image_id,
+                list(sidecar.command) if sidecar.command else None, name=sidecar_name, labels=labels,
+                network=network.name, environment=dict(sidecar.env), hostname=sidecar.service,
+                **sidecar_settings(spec.policy))
+            await self._run(f"start sidecar {sidecar.service}", container.start)
+            attrs = await self._run("inspect sidecar", self.client.api.inspect_container, container.id)
+            address = ((attrs.get("NetworkSettings") or {}).get("Networks") or {}).get(network.name, {})
+            if not address.get("IPAddress"):
+                raise SandboxError(f"sidecar {sidecar.service} has no address on the session's network")
+            hosts[sidecar.service] = str(address["IPAddress"])
+            log.info("sidecar_started", container=sidecar_name, service=sidecar.service)
+        return {"network": network.name, "extra_hosts": hosts,
+                "runtime": sidecar_settings(spec.policy)["runtime"]}
 
     async def reattach(self, leftover: Leftover, policy: SandboxPolicy, *, timeout: float) -> Sandbox:
         """Listen again in a left-over session container's folder for its agent (which redials whenever it
@@ -358,6 +386,8 @@ class DockerBackend:
         """Kill and remove the container (by name, in case create half-failed), its network (named like it)
         with its firewall rules and proxy, and its session folder."""
         await self._remove_container(ref.id or ref.name)
+        for sidecar in self._sidecars.pop(ref.name, ()):  # before the network they are on
+            await self._remove_container(sidecar)
         await self.networks.remove(ref.name)
         if CONTAINER_NAME.fullmatch(ref.name):
             remove_folder(self.sessions_dir, ref.name)

@@ -61,7 +61,7 @@ def container_settings(policy: SandboxPolicy, network: str = SESSION_NETWORK_PLA
         # starts (SETPCAP: the agent drops it too, first thing; agent/runtime/capabilities.py)
         "cap_add": ["SETUID", "SETGID", "KILL", "SETPCAP"],
         "security_opt": ["no-new-privileges", f"seccomp={seccomp_profile()}"],
-        "read_only": True,
+        "read_only": not policy.root_writable,
         "tmpfs": {
             "/tmp": f"{tmp_flags},size={policy.tmp_size},mode=1777",
             WORKSPACE: f"rw,nosuid,nodev,exec,size={policy.workspace_size},uid={uid},gid={uid},mode=0755",
@@ -84,6 +84,16 @@ def container_settings(policy: SandboxPolicy, network: str = SESSION_NETWORK_PLA
         "runtime": docker_runtime(policy),
         "hostname": "sandbox",
     }
+
+
+def sidecar_settings(policy: SandboxPolicy) -> dict[str, Any]:
+    """A sidecar's container settings: the policy's limits and hardening, its image's own user and writable
+    root (it runs its own service, not the agent), on a Docker network (so runsc's network-enabled runtime)."""
+    settings = container_settings(policy)
+    kept = ("init", "cap_drop", "security_opt", "pids_limit", "mem_limit", "memswap_limit", "nano_cpus", "ulimits",
+            "log_config", "ipc_mode", "shm_size")
+    return {**{key: settings[key] for key in kept},
+            "runtime": "runc" if policy.runtime == "runc" else RUNSC_RUNTIMES["full"]}
 
 
 def network_settings(policy: SandboxPolicy, network: str = SESSION_NETWORK_PLACEHOLDER) -> dict[str, Any]:

@@ -4,6 +4,8 @@
   gateway, answers on one port only: the session's egress proxy (`egress.py`), which runs in this
   process and lets through the policy's `allow` entries alone. The container's DNS server is its own
   loopback, so no name resolves inside it (Docker's embedded DNS would otherwise forward names out).
+- `compose`: a Harbor compose task's network: internal like `allowlist` but with no proxy and with
+  traffic between its containers (the session's and its sidecars) on; the host answers nothing.
 - `full`: a bridge network with NAT out, inter-container traffic off. The host's own addresses (every
   packet from the network to the host), link-local addresses (the metadata address), orsbox's other
   session networks and the host's published ports (DNAT) are dropped.
@@ -60,7 +62,7 @@ class SessionNetwork:
     """A session's own Docker network, as orsbox made it."""
 
     name: str
-    mode: str  # "allowlist" or "full"
+    mode: str  # "allowlist", "full" or "compose"
     session_id: str
     bridge: str
     subnet: ipaddress.IPv4Network
@@ -115,6 +117,13 @@ def firewall_rules(network: SessionNetwork, pool: ipaddress.IPv4Network) -> list
             # Docker forwards nothing for an internal network; neither does the firewall.
             ("DOCKER-USER", f"-i {bridge} {mark} -j DROP"),
             ("DOCKER-USER", f"-o {bridge} {mark} -j DROP"),
+        ]
+    if network.mode == "compose":
+        return [
+            ("INPUT", f"-i {bridge} {mark} -j DROP"),  # the host answers nothing
+            # nothing in or out; between the network's own containers (bridged, seen here too) is allowed
+            ("DOCKER-USER", f"-i {bridge} ! -o {bridge} {mark} -j DROP"),
+            ("DOCKER-USER", f"! -i {bridge} -o {bridge} {mark} -j DROP"),
         ]
     return [
         ("INPUT", f"-i {bridge} {mark} -j DROP"),  # the host's own addresses, whichever interface holds them
@@ -225,14 +234,16 @@ class SessionNetworks:
         self._allocating: set[ipaddress.IPv4Network] = set()  # chosen, not yet known to the engine
 
     async def create(self, name: str, session_id: str, policy: SandboxPolicy,
-                     labels: dict[str, str]) -> SessionNetwork:
-        """Make `name`, its firewall rules and (allowlist) its proxy; on failure, what was made is removed."""
+                     labels: dict[str, str], mode: str | None = None) -> SessionNetwork:
+        """Make `name` (in the policy's network mode unless `mode` says), its firewall rules and (allowlist)
+        its proxy; on failure, what was made is removed."""
         problem = Firewall.problem()
         if problem:
             raise SandboxError(problem)
-        labels = {**labels, LABEL_SESSION: session_id, LABEL_NETWORK_MODE: policy.network}
+        mode = mode or policy.network
+        labels = {**labels, LABEL_SESSION: session_id, LABEL_NETWORK_MODE: mode}
         try:
-            network = await self._create_network(name, policy.network, labels)
+            network = await self._create_network(name, mode, labels)
             await self.firewall.apply(name, firewall_rules(network, self.pool))
             if network.mode == "allowlist":
                 await self._start_proxy(network, policy)
@@ -314,7 +325,7 @@ class SessionNetworks:
 
     async def _create_network(self, name: str, mode: str, labels: dict[str, str]) -> SessionNetwork:
         options = {BRIDGE_OPTION: bridge_name(name),
-                   "com.docker.network.bridge.enable_icc": "false"}
+                   "com.docker.network.bridge.enable_icc": "true" if mode == "compose" else "false"}
         if self.mtu:
             options["com.docker.network.driver.mtu"] = self.mtu
         for attempt in range(ALLOCATE_TRIES):
@@ -324,7 +335,7 @@ class SessionNetworks:
                                                                                gateway=str(gateway))])
             try:
                 await self._run("create network", self._client.api.create_network, name, driver="bridge",
-                                internal=mode == "allowlist", labels=labels, options=options, ipam=ipam,
+                                internal=mode in ("allowlist", "compose"), labels=labels, options=options, ipam=ipam,
                                 check_duplicate=True)
             except SandboxError as exc:
                 if "overlap" not in exc.detail or attempt == ALLOCATE_TRIES - 1:
