@@ -121,6 +121,8 @@ class SandboxPolicy(BaseModel):
     # admission
     max_sessions: int | None = Field(None, ge=1, description="live sessions of this environment at most (429 past it)")
     max_starting: int | None = Field(None, ge=1, description="containers of this environment started at once")
+    max_sandboxes: int = Field(0, ge=0, le=64, description="openreward sandboxes a session's environment may "
+                               "have at once, through the sandbox API on its loopback (0: no sandbox API)")
 
     @field_validator("allow")
     @classmethod

@@ -16,7 +16,7 @@ from ..auth import Principal
 from ..backends.backend import Backend
 from ..catalog import Catalog, EnvironmentInfo
 from ..config import Config
-from ..errors import BadRequest, NotReady, ShuttingDown, TooManySessions
+from ..errors import BadRequest, NotReady, SessionGone, ShuttingDown, TooManySessions
 from ..metrics import Metrics
 from ..policy import PolicySet
 from ..protocol import JSONObject, Secret
@@ -107,7 +107,7 @@ class SessionManager:
         given = secrets_for_session(secrets or {}, env.policy, client_keys=client_keys)
         self._admit(sid, env, principal)
         task = task_spec if task_spec is not None else env.task(split or "", index or 0)
-        session = Session(id=sid, env=env, task=dict(task), owner=principal.owner)
+        session = Session(id=sid, env=env, task=dict(task), owner=principal.owner, key_quota=principal.quota)
         self.lifecycle.begin(session, given)
         log.info("session_created", session_id=sid, env=env.name, task_id=task.get("id"), key=principal.key_id)
         self.metrics.created.labels(env.name, "ors").inc()
@@ -118,9 +118,12 @@ class SessionManager:
         """Register an openreward sandbox of `env` (its image and sized policy) and start it in the background."""
         if self.lifecycle.closing:
             raise ShuttingDown()
+        if principal.parent_session is not None and principal.parent_session not in self.registry.live:
+            raise SessionGone("the session whose environment asks for this sandbox has ended")
         self._admit(sid, env, principal)
+        key_owner = principal.on_behalf_of.owner if principal.on_behalf_of is not None else None
         session = Session(id=sid, env=env, task={}, owner=principal.owner, sandbox_setup=setup,
-                          sandbox_request=request)
+                          sandbox_request=request, key_owner=key_owner)
         self.lifecycle.begin(session, {})
         log.info("sandbox_created", session_id=sid, env=env.name, image=env.image.tags[0][:200], key=principal.key_id)
         self.metrics.created.labels(env.name, "sandbox").inc()

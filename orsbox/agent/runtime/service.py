@@ -23,6 +23,7 @@ from ..authoring import openreward_adapter
 from ..authoring.blocks import blocks_to_json, split_to_json
 from ..authoring.environment import Environment, call_maybe_async
 from ..wire import ErrorType, Method, WireError
+from .forwarder import Forwarder
 from .processes import RUNNER
 from .procfs import kill_processes
 from .sandbox import Sandbox
@@ -127,6 +128,7 @@ class Agent:
         self._setup_lock = asyncio.Lock()
         # `--entrypoint sandbox`: no Environment, the sandbox methods (runtime/sandbox.py)
         self.sandbox = Sandbox(RUNNER, enabled=entrypoint == wire.SANDBOX_ENTRYPOINT)
+        self.forwarder = Forwarder()  # the sandbox API on a loopback port, when setup gives one
         self.handlers: Dict[str, Handler] = {
             Method.HELLO: self.hello,
             Method.SETUP: self.setup,
@@ -167,8 +169,10 @@ class Agent:
                     self.sandbox.configure(params.get("sandbox"))
                     self.state = "ready"
                     return {}
+                secrets = dict(params.get("secrets") or {})
+                await self._session_api(params.get(wire.SESSION_API), secrets)
                 cls = load_environment_class(self.entrypoint)
-                env = cls(params.get("task") or {}, params.get("secrets") or {})
+                env = cls(params.get("task") or {}, secrets)
                 await call_maybe_async(env.setup)
             except Exception as exc:
                 self.state = "failed"
@@ -177,6 +181,18 @@ class Agent:
                 raise WireError(ErrorType.SETUP_FAILED, self.setup_error) from None
             self.env, self.state = env, "ready"
             return {}
+
+    async def _session_api(self, given: Any, secrets: Dict[str, Any]) -> None:
+        """Give the environment openreward's sandbox API (loopback, its own key), if the server offers it:
+        in OPENREWARD_SESSION_URL and OPENREWARD_API_KEY, and as the `api_key` secret unless one was sent."""
+        if given is None:
+            return
+        token = given.get("token") if isinstance(given, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ValueError("session_api needs a token")
+        await self.forwarder.start(token)
+        for name in ("api_key", "OPENREWARD_API_KEY"):
+            secrets.setdefault(name, token)
 
     def _ready_env(self) -> Environment:
         if self.env is None or self.state != "ready":
@@ -219,6 +235,7 @@ class Agent:
             raise WireError(ErrorType.ENVIRONMENT_ERROR, "%s: %s" % (type(exc).__name__, exc)) from None
         finally:
             self.sandbox.close()
+            self.forwarder.close()
             kill_processes(RUNNER.limits.uid)  # the session's command user: its persistent shells too
         return {}
 
@@ -227,6 +244,11 @@ class Agent:
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         write_lock = asyncio.Lock()
         tasks: Set[asyncio.Task[None]] = set()
+
+        async def send(frame: Dict[str, Any]) -> None:
+            async with write_lock:
+                writer.write(wire.encode(frame))
+                await writer.drain()
 
         async def answer(frame: Dict[str, Any]) -> None:
             reply: Dict[str, Any] = {"id": frame.get("id")}
@@ -242,6 +264,7 @@ class Agent:
                 writer.write(data)
                 await writer.drain()
 
+        self.forwarder.attach(send)
         try:
             while True:
                 line = await reader.readline()
@@ -253,12 +276,16 @@ class Agent:
                     async with write_lock:
                         writer.write(wire.encode({"id": None, "error": exc.to_json()}))
                     continue
+                if "tunnel" in frame:  # bytes for a forwarded connection: in order, at once
+                    self.forwarder.receive(frame)
+                    continue
                 task = asyncio.ensure_future(answer(frame))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         except (ConnectionError, ValueError, asyncio.LimitOverrunError) as exc:
             log("connection_dropped", error=repr(exc))
         finally:
+            self.forwarder.detach()
             writer.close()
 
 
