@@ -122,15 +122,25 @@ headers = {"Content-Type": "application/json", "X-Session-ID": sid, "X-API-Key":
 request = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), data=body.encode(), headers=headers)
 try:
     with urllib.request.urlopen(request, timeout=60) as answer:
-        print(json.dumps([answer.status, answer.read().decode()[-2000:]]))
+        if answer.headers.get("Content-Type", "").startswith("text/event-stream"):
+            lines = []  # the events up to the last one (the stream may stay open: keep-alive)
+            while not lines or not lines[-1].startswith((b"event: end", b"event: error")):
+                lines.append(answer.readline())
+            lines.append(answer.readline())
+            print(json.dumps([answer.status, b"".join(lines).decode()[-2000:]]))
+        else:
+            print(json.dumps([answer.status, answer.read().decode()[-2000:]]))
 except urllib.error.HTTPError as exc:
     print(json.dumps([exc.code, exc.read().decode()[-2000:]]))
 """
 
 
-def probe(container: Any, path: str, sid: str, key: str, body: dict[str, Any], user: str = "0") -> tuple[int, str]:
-    """A request to the sandbox API from inside an environment's container, as `user`."""
-    code, out = container.exec_run(["python3", "-c", PROBE, path, sid, key, json.dumps(body)], user=user)
+async def probe(container: Any, path: str, sid: str, key: str, body: dict[str, Any],
+                user: str = "0") -> tuple[int, str]:
+    """A request to the sandbox API from inside an environment's container, as `user` (off the event loop
+    that serves orsbox)."""
+    argv = ["python3", "-c", PROBE, path, sid, key, json.dumps(body)]
+    code, out = await in_thread(lambda: container.exec_run(argv, user=user))
     assert code == 0, out
     status, text = json.loads(out.decode().strip().splitlines()[-1])
     return status, text
@@ -158,15 +168,16 @@ async def test_an_environments_sandboxes_are_its_own(ors: Ors, engine: docker.Do
     owners = {box.labels["orsbox.owner"] for box in boxes.values()}
     assert len(owners) == 2 and env_a.labels["orsbox.owner"] not in owners  # not the client key's
     run = {"cmd": "echo hi", "timeout_s": 10}
-    mine = [sid for sid in boxes if probe(env_a, "/run", sid, session_key(state_dir, first), run)[0] == 200]
+    key_a = session_key(state_dir, first)
+    mine = [sid for sid in boxes if (await probe(env_a, "/run", sid, key_a, run))[0] == 200]
     assert len(mine) == 1  # of the two sandboxes, the first session's environment reaches its own only
     theirs = next(sid for sid in boxes if sid != mine[0])
-    status, text = probe(env_a, "/run", theirs, session_key(state_dir, first), run)
+    status, text = await probe(env_a, "/run", theirs, session_key(state_dir, first), run)
     assert status == 404, text
-    assert probe(env_b, "/run", theirs, session_key(state_dir, second), run)[0] == 200
+    assert (await probe(env_b, "/run", theirs, session_key(state_dir, second), run))[0] == 200
     # another session's key, or none: refused (the command user in the container has no key)
-    assert probe(env_a, "/run", mine[0], session_key(state_dir, second), run)[0] == 401
-    assert probe(env_a, "/run", mine[0], "", run, user="1000")[0] == 401
+    assert (await probe(env_a, "/run", mine[0], session_key(state_dir, second), run))[0] == 401
+    assert (await probe(env_a, "/run", mine[0], "", run, user="1000"))[0] == 401
     # the client's own key reaches neither on the public port
     for sid in boxes:
         response = await ors.http.post("/run", json=run, headers={"X-Session-ID": sid})
@@ -175,7 +186,7 @@ async def test_an_environments_sandboxes_are_its_own(ors: Ors, engine: docker.Do
     assert len(sandbox_containers(engine)) == 2
     # within its quota: swe-mini's policy gives each session one sandbox
     create = {"environment": ENV, "image": "orsbox/swe-mini-stack:latest", "machine_size": "1:1"}
-    status, text = probe(env_a, "/create_sandbox", "", session_key(state_dir, first), create)
+    status, text = await probe(env_a, "/create_sandbox", "", session_key(state_dir, first), create)
     assert status == 429 and "max_sandboxes" in text, text
     # deleted with its session
     await ors.delete(first)
