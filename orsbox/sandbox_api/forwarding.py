@@ -83,7 +83,7 @@ class SessionApi:
         self.app.add_routes(sandbox_api.routes)
         self.app.add_routes(session_routes.routes)
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
-        self._by_socket: dict[int, _Link] = {}  # the server end's fd -> whose tunnel it is
+        self._by_transport: dict[asyncio.BaseTransport, _Link] = {}  # the in-process server's end -> whose tunnel
 
     async def start(self) -> None:
         await self._runner.setup()
@@ -110,8 +110,7 @@ class SessionApi:
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        sock = request.transport.get_extra_info("socket") if request.transport is not None else None
-        link = self._by_socket.get(sock.fileno()) if sock is not None else None
+        link = self._by_transport.get(request.transport) if request.transport is not None else None
         if link is None:
             raise Unauthorized("this connection is no session's")
         if not hmac.compare_digest(request.headers.get("X-API-Key", "").encode(), link.token.encode()):
@@ -146,8 +145,7 @@ class SessionApi:
             link.channel.send_soon({"tunnel": number, "close": True})
             return
         served, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        tunnel = _Tunnel(number, link, ours, self._by_socket)
-        self._by_socket[served.fileno()] = link
+        tunnel = _Tunnel(number, link, ours, self._by_transport)
         link.tunnels[number] = tunnel
         tunnel.start(self._runner, served)
 
@@ -159,19 +157,18 @@ class SessionApi:
 class _Tunnel:
     """One forwarded connection: bytes from the agent into the in-process server, and its answers back."""
 
-    def __init__(self, number: int, link: _Link, ours: socket.socket, by_socket: dict[int, _Link]) -> None:
+    def __init__(self, number: int, link: _Link, ours: socket.socket,
+                 by_transport: dict[asyncio.BaseTransport, _Link]) -> None:
         self.number = number
         self.link = link
         self._ours = ours
-        self._by_socket = by_socket
-        self._served_fd = -1
+        self._by_transport = by_transport
         self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._unwritten = 0
         self._task: asyncio.Future[None] | None = None
         self.ended = False
 
     def start(self, runner: web.AppRunner, served: socket.socket) -> None:
-        self._served_fd = served.fileno()
         self._task = asyncio.ensure_future(self._run(runner, served))
 
     def put(self, data: bytes) -> None:
@@ -200,6 +197,7 @@ class _Tunnel:
         transport = None
         try:
             transport, _ = await loop.connect_accepted_socket(server, served)
+            self._by_transport[transport] = self.link  # before any byte reaches it: nothing asks unknown
             reader, writer = await asyncio.open_unix_connection(sock=self._ours)
             pump = asyncio.ensure_future(self._to_agent(reader))
             try:
@@ -216,8 +214,8 @@ class _Tunnel:
         except (ConnectionError, OSError, AgentGone):
             pass
         finally:
-            self._by_socket.pop(self._served_fd, None)
             if transport is not None:
+                self._by_transport.pop(transport, None)
                 transport.close()
             else:
                 served.close()
