@@ -8,8 +8,8 @@ in-process aiohttp server reads: the same sandbox API routes, behind a middlewar
 asking from the tunnel alone. The container says nothing about that: the principal is the session's
 (owner: a digest of the session's owner and id, so no API key and no other session reaches these
 sandboxes; quota: the policy's `max_sandboxes`, on top of the key's own), and a request without the
-session's key is refused. Tunnel frames are hostile input: numbers, sizes and base64 are checked, a
-tunnel's unread bytes are bounded, and a session has at most `wire.MAX_TUNNELS` open.
+session's key is refused. Tunnel frames are hostile input: numbers, sizes and base64 are checked,
+the bytes of a session's tunnels not yet read are bounded, and a session has at most `wire.MAX_TUNNELS` open.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from .routes import MAX_RUN_BODY, sandbox_api
 
 log = structlog.get_logger()
 
-MAX_UNWRITTEN = 32 * 1024 * 1024  # bytes of a tunnel not yet taken by the server: past this it is cut
+MAX_UNWRITTEN = 32 * 1024 * 1024  # bytes of a session's tunnels not yet taken by the server: past this one is cut
 MAX_DATA_CHARS = (wire.TUNNEL_PIECE + 2) // 3 * 4  # base64 of one piece
 
 session_routes = Api()  # what the sandbox client calls besides the sandbox API's own routes
@@ -69,6 +69,7 @@ class _Link:
     token: str
     channel: AgentChannel
     tunnels: dict[int, _Tunnel] = field(default_factory=dict)
+    unwritten: int = 0  # bytes its agent sent that the in-process server has not taken yet, all tunnels
 
 
 class SessionApi:
@@ -164,7 +165,6 @@ class _Tunnel:
         self._ours = ours
         self._by_transport = by_transport
         self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._unwritten = 0
         self._task: asyncio.Future[None] | None = None
         self.ended = False
 
@@ -174,11 +174,11 @@ class _Tunnel:
     def put(self, data: bytes) -> None:
         if self.ended:
             return
-        self._unwritten += len(data)
-        if self._unwritten > MAX_UNWRITTEN:
-            log.warning("tunnel_overflow", tunnel=self.number)
+        if self.link.unwritten + len(data) > MAX_UNWRITTEN:
+            log.warning("tunnel_overflow", tunnel=self.number, unwritten=self.link.unwritten)
             self.end(tell_agent=True)
             return
+        self.link.unwritten += len(data)
         self._inbox.put_nowait(data)
 
     def end(self, *, tell_agent: bool) -> None:
@@ -198,13 +198,17 @@ class _Tunnel:
         try:
             transport, _ = await loop.connect_accepted_socket(server, served)
             self._by_transport[transport] = self.link  # before any byte reaches it: nothing asks unknown
-            reader, writer = await asyncio.open_unix_connection(sock=self._ours)
+            try:
+                reader, writer = await asyncio.open_unix_connection(sock=self._ours)
+            except BaseException:
+                self._ours.close()
+                raise
             pump = asyncio.ensure_future(self._to_agent(reader))
             try:
                 while (data := await self._inbox.get()) is not None:
                     writer.write(data)
                     await writer.drain()
-                    self._unwritten -= len(data)
+                    self.link.unwritten -= len(data)
                 if not writer.is_closing():
                     writer.write_eof()
                 await pump
@@ -219,6 +223,8 @@ class _Tunnel:
                 transport.close()
             else:
                 served.close()
+            while not self._inbox.empty():  # what was never written no longer counts
+                self.link.unwritten -= len(self._inbox.get_nowait() or b"")
             self.end(tell_agent=True)
 
     async def _to_agent(self, reader: asyncio.StreamReader) -> None:
