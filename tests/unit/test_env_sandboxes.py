@@ -162,3 +162,14 @@ async def test_a_hostile_environment_reaches_no_other_session(server: Any) -> No
     assert (await ors.http.post("/ping", headers={"X-Session-ID": other})).status == 200
     await ors.delete(sid)
     await ors.delete(other)
+
+
+async def test_an_environments_sandboxes_count_against_its_key(server: Any, folder: str) -> None:
+    ors = await server(key_max_sessions=2)
+    sid = await ors.new_session(ENV)
+    await roundtrip(ors, sid, folder)  # the session and its sandbox: the key's two
+    response = await ors.http.post("/create", json={"env_name": "echo", "split": "train", "index": 0},
+                                   headers={"X-Session-ID": "one-too-many"})
+    assert response.status == 429 and "limit of 2 live sessions" in (await response.json())["detail"]
+    await ors.delete(sid)
+    await ors.delete(await ors.new_session("echo"))  # both gone: room again
