@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,3 +174,21 @@ async def test_an_environments_sandboxes_count_against_its_key(server: Any, fold
     assert response.status == 429 and "limit of 2 live sessions" in (await response.json())["detail"]
     await ors.delete(sid)
     await ors.delete(await ors.new_session("echo"))  # both gone: room again
+
+
+async def test_only_the_agents_uid_may_use_the_port(server: Any, folder: str) -> None:
+    ors = await server()
+    sid = await ors.new_session(ENV)
+    url = (await roundtrip(ors, sid, folder))["url"]
+    host, port = url.removeprefix("http://").split(":")
+    ask = (f"import socket\ns = socket.create_connection(({host!r}, {port}))\n"
+           "s.sendall(b'POST /ping HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 0\\r\\n\\r\\n')\n"
+           "try:\n    print(repr(s.recv(100)))\nexcept ConnectionResetError:\n    print('reset')\n")
+    process = await asyncio.create_subprocess_exec("/usr/bin/python3", "-c", ask, user=UNUSED_UID,
+                                                   stdout=asyncio.subprocess.PIPE)
+    out, _ = await process.communicate()
+    assert out.strip() in (b"b''", b"reset")  # closed unread: not even a 401
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", ask, stdout=asyncio.subprocess.PIPE)
+    out, _ = await process.communicate()
+    assert out.startswith(b"b'HTTP/1.1 401")  # the agent's uid gets through, to the key check
+    await ors.delete(sid)

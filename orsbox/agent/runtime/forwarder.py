@@ -5,8 +5,10 @@ sandbox service at `OPENREWARD_SESSION_URL`. In orsbox that is `http://127.0.0.1
 forwarder listens there (loopback exists even with network none) and carries each connection's bytes
 as tunnel frames over the agent's channel (see `wire`), where the server serves them as the sandbox
 API of this session, and of this session only. The forwarder itself is a pipe: it understands no
-HTTP and decides nothing; the server authenticates every request (the per-session key set in
-`OPENREWARD_API_KEY`, which commands of the command user never see: their environment is clean).
+HTTP; the server authenticates every request (the per-session key set in `OPENREWARD_API_KEY`,
+which commands of the command user never see: their environment is clean). Only the environment,
+in the agent's own process, is meant to connect: a connection from another uid (a command) is
+closed before any byte of it is forwarded.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .. import wire
 Send = Callable[[Dict[str, Any]], Awaitable[None]]
 
 LOOPBACK = "127.0.0.1"
+PROC_NET_TCP = "/proc/net/tcp"
 MAX_BUFFERED = 64 * 1024 * 1024  # bytes for one client not yet written to it: past this it is cut
 
 
@@ -79,7 +82,8 @@ class Forwarder:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         send = self._send
-        if send is None or len(self._clients) >= wire.MAX_TUNNELS:
+        peer = writer.get_extra_info("peername")
+        if send is None or len(self._clients) >= wire.MAX_TUNNELS or not _own_uid(peer[1], self.port):
             writer.close()
             return
         number = next(self._ids)
@@ -105,3 +109,19 @@ class Forwarder:
         writer = self._clients.pop(number, None)
         if writer is not None:
             writer.close()
+
+
+def _own_uid(peer_port: int, port: int) -> bool:
+    """Whether the loopback client at `peer_port` (connected to `port`) is a socket of this process's uid,
+    as /proc/net/tcp tells; a client it does not list is refused, and a kernel without it lets all in."""
+    local, remote = "0100007F:%04X" % peer_port, "0100007F:%04X" % port
+    try:
+        with open(PROC_NET_TCP) as table:
+            lines = table.read().splitlines()[1:]
+    except OSError:
+        return True
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 7 and fields[1] == local and fields[2] == remote:
+            return fields[7] == str(os.geteuid())
+    return False
