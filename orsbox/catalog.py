@@ -116,6 +116,9 @@ class Catalog:
         """Environment names, the default first (the reference lists its first environment first)."""
         return sorted(self._environments, key=lambda name: (name != self.default, name))
 
+    def environments(self) -> list[EnvironmentInfo]:
+        return [self._environments[name] for name in self.names()]
+
     def is_environment(self, name: str) -> bool:
         return name.lower() in self._environments
 

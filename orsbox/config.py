@@ -55,6 +55,8 @@ class Config(BaseModel):
     idle_timeout: float | None = Field(None, gt=0, description="s; overrides every policy's idle_timeout (tests)")
     max_sessions: int = Field(64, ge=1, description="live sessions at most; past it /create answers 429")
     max_starting: int = Field(4, ge=1, description="containers started at once; later starts queue")
+    pool_memory: int = Field(4 * 1024**3, ge=0, description="bytes of memory limits the warm pools' waiting "
+                             "containers may hold in all (each counted at its policy's memory)")
     max_body_bytes: int = Field(2 * 1024**2, ge=1024, description="bytes a request body may have (413 past it)")
     max_task_spec_bytes: int = Field(64 * 1024, ge=0, description="bytes of a /create task_spec as JSON (400 past it)")
     auth: bool = Field(True, description="every route but /health needs a valid X-API-Key (off: loopback only)")

@@ -46,6 +46,21 @@ class LiveSessions(Collector):
         yield family
 
 
+class PoolSizes(Collector):
+    """`orsbox_pool_containers{environment, state}`: warm pool containers ready or starting, when scraped."""
+
+    def __init__(self, sizes: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        self.sizes = sizes
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("orsbox_pool_containers", "Warm pool containers by environment and state",
+                                   labels=["environment", "state"])
+        for environment, ready, starting in sorted(self.sizes()):
+            family.add_metric([environment, "ready"], ready)
+            family.add_metric([environment, "starting"], starting)
+        yield family
+
+
 class Metrics:
     """What orsbox counts and times; `render()` is the exposition `/metrics` answers."""
 
@@ -71,11 +86,16 @@ class Metrics:
                                     "connection's end)", ["direction"], registry=r)
         self.egress_denials = Counter("orsbox_egress_denials", "Requests the egress proxies refused", ["status"],
                                       registry=r)
+        self.pool_takes = Counter("orsbox_pool_takes", "Creates of pooled environments: a warm container (hit) "
+                                  "or a cold start (miss)", ["environment", "outcome"], registry=r)
         self.engine_up = Gauge("orsbox_engine_up", "1 while the container engine answers", registry=r)
         self.engine_up.set(1)
 
     def watch_sessions(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
         self.registry.register(LiveSessions(states))
+
+    def watch_pool(self, sizes: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        self.registry.register(PoolSizes(sizes))
 
     def session_ended(self, environment: str, reason: str) -> None:
         self.ended.labels(environment, end_reason(reason)).inc()

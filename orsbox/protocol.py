@@ -188,6 +188,16 @@ class SidAnswer(BaseModel):
     sid: str
 
 
+class ForkBody(Body):
+    """`POST /fork` (an orsbox extension): how many copies of the session to make."""
+
+    count: int = 1
+
+
+class ForkAnswer(BaseModel):
+    sids: list[str]
+
+
 class ErrorAnswer(BaseModel):
     detail: str
 

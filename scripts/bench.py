@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 RESULTS_DIR = ROOT / "bench-results"
 STATE_DIR = Path("/tmp/orsbox-bench")
+WARM_STATE_DIR = Path("/tmp/orsbox-bench-warm")
 IMAGE = "orsbox/bash:latest"
 ENV = "bash"
 LOOPBACK = "127.0.0.1"
@@ -389,6 +390,105 @@ async def measure_server(server: ServerProcess, sessions: int, calls: int, concu
     return run
 
 
+WARM_CREATES = 10  # sessions opened one after another on a warm pool, each once a container waits
+STORM = 32  # sessions asked for at once on the cold server (no pool): sustained creates per second
+
+
+async def measure_warm(server: ServerProcess) -> dict[str, Any]:
+    """create → first result when the environment's warm pool has a container waiting (`pool_min = 8`),
+    then a fork of 8 copies."""
+    samples: list[float] = []
+    async with Ors.at(server.url, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+                      headers={"X-API-Key": API_KEY}) as ors:
+        for _ in range(WARM_CREATES):
+            await until_pool_ready(ors)
+            sid = await ors.create_session()
+            t0 = time.perf_counter()
+            await ors.create(sid, ENV, split="train", index=0)
+            answer, _ = await ors.call_when_ready(sid, "bash", TRUE_CALL, env=ENV, timeout=CALL_TIMEOUT)
+            samples.append(time.perf_counter() - t0)
+            check_true(answer)
+            await ors.delete(sid)
+        forked = await measure_fork(ors)
+    return {"create_to_first": summary(samples), "fork": forked}
+
+
+FORK_COPIES = 8
+FORK_WORKSPACE_MB = 50
+
+
+async def measure_fork(ors: Ors[aiohttp.ClientSession]) -> dict[str, Any]:
+    """`POST /fork` of a session with a 50 MiB workspace into 8 copies, until each answered a `true` call."""
+    source = await ors.create_session()
+    await ors.create(source, ENV, split="train", index=0)
+    prepared, _ = await ors.call_when_ready(source, "bash", {"command": (
+        f"head -c {FORK_WORKSPACE_MB}M /dev/urandom > /workspace/state.bin")}, env=ENV, timeout=CALL_TIMEOUT)
+    check_true(prepared)
+    t0 = time.perf_counter()
+    response = await ors.http.post("/fork", json={"count": FORK_COPIES}, headers={"X-Session-ID": source})
+    if response.status != 200:
+        raise BenchError(f"/fork: HTTP {response.status}: {await response.text()}")
+    copies = (await response.json())["sids"]
+    answered = time.perf_counter() - t0
+    answers = await asyncio.gather(*(ors.call_when_ready(sid, "bash", TRUE_CALL, env=ENV, timeout=CALL_TIMEOUT)
+                                     for sid in copies))
+    ready = time.perf_counter() - t0
+    for answer, _ in answers:
+        check_true(answer)
+    await asyncio.gather(*(ors.delete(sid) for sid in [source, *copies]))
+    return {"copies": FORK_COPIES, "workspace_mb": FORK_WORKSPACE_MB, "answer_seconds": round(answered, 3),
+            "all_ready_seconds": round(ready, 3)}
+
+
+async def until_pool_ready(ors: Ors[aiohttp.ClientSession], timeout: float = 60.0) -> None:
+    """Until `/metrics` shows a ready pool container of the bench environment."""
+    wanted = f'orsbox_pool_containers{{environment="{ENV}",state="ready"}} '
+    async with asyncio.timeout(timeout):
+        while True:
+            text = await (await ors.http.get("/metrics")).text()
+            if any(line.startswith(wanted) and float(line.split()[-1]) >= 1 for line in text.splitlines()):
+                return
+            await asyncio.sleep(0.05)
+
+
+async def measure_storm(server: ServerProcess) -> dict[str, Any]:
+    """`STORM` sessions created at once, each to its first result: sessions per second over the whole storm."""
+    async with Ors.at(server.url, connector=aiohttp.TCPConnector(limit=4 * STORM),
+                      timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT * 4),
+                      headers={"X-API-Key": API_KEY}) as ors:
+        async def one() -> str:
+            sid = await ors.create_session()
+            await ors.create(sid, ENV, split="train", index=0)
+            answer, _ = await ors.call_when_ready(sid, "bash", TRUE_CALL, env=ENV, timeout=CALL_TIMEOUT * 4)
+            check_true(answer)
+            return sid
+
+        t0 = time.perf_counter()
+        outcomes = await asyncio.gather(*(one() for _ in range(STORM)), return_exceptions=True)
+        seconds = time.perf_counter() - t0
+        sids = [o for o in outcomes if isinstance(o, str)]
+        await asyncio.gather(*(ors.delete(sid) for sid in sids), return_exceptions=True)
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if failures:
+        raise BenchError(f"{len(failures)} of {STORM} storm sessions failed: {failures[0]!r}")
+    return {"sessions": STORM, "seconds": round(seconds, 3), "per_second": round(STORM / seconds, 2)}
+
+
+def warm_pool_server(base_env: dict[str, str], node_id: str, logs: Path) -> ServerProcess:
+    """A second orsbox (its own state dir and node id) whose bench environment keeps a warm pool of eight."""
+    policies = logs / "warm-policies"
+    policies.mkdir(exist_ok=True)
+    for policy in (ROOT / "sandbox_policies").glob("*.toml"):
+        shutil.copy(policy, policies / policy.name)
+    (policies / f"{ENV}.toml").write_text(f"pool_min = {FORK_COPIES}\n")
+    port = free_port()
+    return ServerProcess(
+        "orsbox-warm", [str(VENV_BIN / "orsbox"), "serve", "--host", LOOPBACK, "--port", str(port),
+                        "--policies", str(policies)],
+        {**base_env, "ORSBOX_STATE_DIR": str(WARM_STATE_DIR), "ORSBOX_NODE_ID": f"{node_id}-warm",
+         "ORSBOX_API_KEYS": API_KEY, "ORSBOX_POOL_MEMORY": str(16 * 1024**3)}, port, logs / "orsbox-warm.log")
+
+
 # ---------------------------------------------------------------- docker baseline
 
 
@@ -534,6 +634,16 @@ def render_table(results: dict[str, Any]) -> str:
         ("create → first result, p50 / p90 (ms)", pair(o_sum["create_to_first"], "p50_ms", "p90_ms"),
          "run --rm true: " + pair(b_sum["run_cli"], "p50_ms", "p90_ms"),
          pair(r_sum["create_to_first"], "p50_ms", "p90_ms")),
+        ("create → first result, warm pool, p50 / p90 (ms)",
+         pair(results["warm"]["create_to_first"], "p50_ms", "p90_ms") if "create_to_first" in results.get(
+             "warm", {}) else f"failed: {results.get('warm', {}).get('error', '?')[:60]}", "", ""),
+        (f"fork into {FORK_COPIES} copies, {FORK_WORKSPACE_MB} MiB workspace: answer / all ready (ms)",
+         (f"{fmt_ms(sec_ms(results['warm']['fork']['answer_seconds']))} / "
+          f"{fmt_ms(sec_ms(results['warm']['fork']['all_ready_seconds']))}") if "fork" in results.get("warm", {})
+         else "failed", "", ""),
+        (f"storm of {STORM} creates, no pool: sessions ready / s",
+         str(results["storm"]["per_second"]) if "per_second" in results.get("storm", {})
+         else f"failed: {results.get('storm', {}).get('error', '?')[:60]}", "", ""),
         ("  of which POST /create answer, p50 (ms)", fmt_ms(o_sum["create_request"]["p50_ms"]), "",
          fmt_ms(r_sum["create_request"]["p50_ms"])),
         ("`bash true` round trip, p50 / p99 (ms)", pair(o_sum["call_rtt"], "p50_ms", "p99_ms"),
@@ -702,6 +812,21 @@ def main(argv: list[str] | None = None) -> int:
             results["orsbox"] = run_to_json(asyncio.run(measure_server(
                 orsbox, args.sessions, args.calls, args.concurrency, my_session_containers)))
             results["orsbox"]["containers_left_after_deletes"] = len(my_session_containers())
+            print(f"measuring orsbox: a storm of {STORM} creates", file=sys.stderr, flush=True)
+            try:
+                results["storm"] = asyncio.run(measure_storm(orsbox))
+            except Exception as exc:  # one phase failing must not lose the others' figures
+                results["storm"] = {"error": f"{type(exc).__name__}: {exc}"}
+            print("measuring orsbox with a warm pool", file=sys.stderr, flush=True)
+            warm = warm_pool_server(base_env, node_id, logs)
+            try:
+                warm.start()
+                warm.wait_healthy()
+                results["warm"] = asyncio.run(measure_warm(warm))
+            except Exception as exc:
+                results["warm"] = {"error": f"{type(exc).__name__}: {exc}"}
+            finally:
+                warm.stop()
             print("measuring orsbox's sandbox API", file=sys.stderr, flush=True)
             try:
                 results["sandbox"] = asyncio.run(measure_sandboxes(orsbox, logs))
@@ -764,7 +889,7 @@ def cleanup(orsbox: ServerProcess, reference: ServerProcess, run_label: str, nod
                 problems.append(f"{server.name} could not be stopped: {exc}")
         remove_bench_containers(run_label)
         try:
-            leftover = containers_with(f"orsbox.node={node_id}")
+            leftover = [*containers_with(f"orsbox.node={node_id}"), *containers_with(f"orsbox.node={node_id}-warm")]
             if leftover:
                 problems.append(f"{len(leftover)} container(s) of this orsbox run remained after it exited "
                                 f"(removed now): {[c[:12] for c in leftover]}")

@@ -78,7 +78,7 @@ async def test_programs_never_run_as_root(monkeypatch: pytest.MonkeyPatch) -> No
         await Runner().run_program(["true"], uid=0, gid=0)
     assert killed == []
 
-def test_the_whole_agent_package_is_staged_without_bytecode(tmp_path: Path) -> None:
+def test_the_whole_agent_package_is_staged_byte_compiled_for_this_python(tmp_path: Path) -> None:
     source = Path(orsbox.agent.__file__).parent
     staged = stage_agent(tmp_path) / "orsbox" / "agent"
 
@@ -88,7 +88,11 @@ def test_the_whole_agent_package_is_staged_without_bytecode(tmp_path: Path) -> N
 
     assert tree(staged) == tree(source)
     assert {"runtime/oom_first.sh", "runtime/fileops.py", "grading/grading_harness.py"} <= set(tree(staged))
-    assert not list(staged.rglob("__pycache__"))
+    modules = sorted(staged.rglob("*.py"))
+    compiled = {p.parent.parent / p.name.split(".")[0] for p in staged.rglob(f"*.{sys.implementation.cache_tag}.pyc")}
+    assert compiled == {m.with_suffix("") for m in modules}  # each module, and no stale byte code of the host's
+    flags = {int.from_bytes(p.read_bytes()[4:8], "little") for p in staged.rglob("*.pyc")}
+    assert flags == {1}  # unchecked hash: no mtime to check against a read-only copy
     assert stage_agent(tmp_path) == staged.parent.parent  # the same content, the same folder
 
 

@@ -69,6 +69,13 @@ class BashEnvironment(ShellTools, TaskTable):
         if result.exit_code != 0:
             raise RuntimeError("could not write %s: %s" % (path, result.output))
 
+    def fork_state(self) -> Dict[str, object]:
+        """A copy made by /fork grades against the same answer (kept in memory, never in the files)."""
+        return {"expected": self.expected}
+
+    def restore_state(self, state: Dict[str, object]) -> None:
+        self.expected = state.get("expected")
+
     def get_prompt(self) -> List[TextBlock]:
         return [TextBlock(self.task["instruction"] + "\n\nUse the bash tool to work in /workspace, "
                           "then call submit to have your work graded.")]

@@ -55,7 +55,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 async def run_serve(entrypoint: str, socket: str) -> None:
     """The agent is made in the running loop: on Python 3.8 an asyncio.Lock binds to the loop current when
     it is made, and one made before asyncio.run() would bind to a stray loop (left unclosed at exit)."""
-    await serve(Agent(entrypoint), socket)
+    agent = Agent(entrypoint)
+    agent.preload()
+    await serve(agent, socket)
 
 
 if __name__ == "__main__":

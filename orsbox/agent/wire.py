@@ -61,6 +61,12 @@ class Method:
     TASK_TOOLS = "task_tools"  # -> {"tools": [...]}
     CALL_TOOL = "call_tool"  # {"name", "input"} -> {"ok": true, "output"} | {"ok": false, ...}
     TEARDOWN = "teardown"  # -> {}
+    # /fork (runtime/forking.py). The source: export, read its chunks, done. Each copy: gather the chunks,
+    # then setup with {"task", "secrets", "fork": {"state", "sha256"}} (restores instead of setting up).
+    FORK_EXPORT = "fork_export"  # {"max_bytes"} -> {"state", "task", "size", "sha256"}
+    FORK_READ = "fork_read"  # {"offset"} -> {"data": base64}
+    FORK_DONE = "fork_done"  # -> {}
+    FORK_GATHER = "fork_gather"  # {"data": base64, "max_bytes"} -> {"size"}
     # Sandbox mode only (see runtime/sandbox.py); setup takes {"task": {}, "secrets", "sandbox": {"env", "workdir"}}.
     SANDBOX_RUN = "sandbox_run"  # {"cmd", "timeout_s", "max_bytes", "shell"} -> {"output": base64, "return_code", ...}
     SANDBOX_STAT = "sandbox_stat"  # {"path", "sha256"} -> {"size", "sha256"?}

@@ -20,8 +20,8 @@ from ..policy import PolicySet
 from ..sandbox_api.forwarding import SessionApi
 from ..sandbox_api.routes import MAX_RUN_BODY, sandbox_api
 from ..sessions import SessionManager
-from .keys import BACKEND, CATALOG, CONFIG, KEYRING, METRICS, POLICIES, SESSIONS
-from .middleware import authenticate, errors_to_http, redirect_bare_paths, request_context
+from .keys import BACKEND, CATALOG, CONFIG, KEYRING, METRICS, POLICIES, ROOT_SEGMENTS, SESSIONS
+from .middleware import authenticate, errors_to_http, redirect_bare_paths, request_context, root_segments
 from .routes import api
 
 log = structlog.get_logger()
@@ -59,6 +59,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app.add_routes(api.routes)
     app.add_routes(sandbox_api.routes)
     app.router.add_get("/metrics", metrics)
+    app[ROOT_SEGMENTS] = root_segments(app.router)  # every route is added by now
 
     async def sandbox(app: web.Application) -> AsyncIterator[None]:
         app[BACKEND] = backend or await DockerBackend.connect(

@@ -19,6 +19,7 @@ POLICIES = web.AppKey("policies", PolicySet)
 SESSIONS = web.AppKey("sessions", SessionManager)
 KEYRING = web.AppKey("keyring", KeyRing)
 METRICS = web.AppKey("metrics", Metrics)
+ROOT_SEGMENTS = web.AppKey("root_segments", frozenset)  # first path segments of the app's own routes
 
 PRINCIPAL = web.RequestKey("principal", Principal)  # set by the `authenticate` middleware
 

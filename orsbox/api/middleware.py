@@ -12,18 +12,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from ..errors import NotReady, OrsboxError
-from .keys import CATALOG, KEYRING, PRINCIPAL
+from .keys import CATALOG, KEYRING, PRINCIPAL, ROOT_SEGMENTS
 from .responses import json_response
 
 log = structlog.get_logger()
 
-#: First path segments that are routes of their own, not environments.
-ROOT_ROUTES = frozenset({
-    "health", "version", "ping", "list_environments", "create", "create_session",
-    "delete", "delete_session", "openapi.json", "docs",
-    "create_sandbox", "run", "stat_file", "read_file", "write_file", "set_network",  # the sandbox API
-    "metrics",
-})
+def root_segments(router: web.UrlDispatcher) -> frozenset[str]:
+    """First path segments of the app's own routes (`create`, `fork`, `run`, `metrics`, ...): never bare paths
+    of the default environment (read once, when the app is made: `ROOT_SEGMENTS`)."""
+    firsts = {resource.canonical.lstrip("/").split("/", 1)[0] for resource in router.resources()}
+    return frozenset(first for first in firsts if first and not first.startswith("{"))
 
 
 def json_error(status: int, detail: object, headers: dict[str, str] | None = None) -> web.Response:
@@ -79,7 +77,8 @@ async def redirect_bare_paths(request: web.Request, handler: Handler) -> web.Str
     """308 `/tools` to `/{default env}/tools`, as the reference does; 307 away trailing slashes."""
     first = request.path.lstrip("/").split("/", 1)[0]
     catalog = request.app[CATALOG]
-    if first and first not in ROOT_ROUTES and not catalog.is_environment(first) and catalog.default:
+    if (first and first not in request.app[ROOT_SEGMENTS] and not catalog.is_environment(first)
+            and catalog.default):
         return redirect(308, f"/{catalog.default}{request.raw_path}")  # raw: still percent-encoded, with query
     if request.path != "/" and request.path.endswith("/") and request.match_info.http_exception is not None:
         return redirect(307, str(request.url.with_path(request.path.rstrip("/"))))

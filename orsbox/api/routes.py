@@ -19,11 +19,14 @@ from ..protocol import (
     Blocks,
     CallBody,
     CreateBody,
+    ForkAnswer,
+    ForkBody,
     JSONObject,
     ListToolsAnswer,
     Message,
     NumTasksAnswer,
     ScoreGroupBody,
+    Secret,
     SidAnswer,
     Split,
     SplitBody,
@@ -138,6 +141,23 @@ async def create(x: Exchange[CreateBody]) -> SidAnswer:
     body = x.body
     if body.toolset_name is not None:
         raise BadRequest(f"unknown toolset {body.toolset_name!r}; this environment declares no toolsets")
+    secrets, client_keys = request_secrets(x)
+    x.app[SESSIONS].create(x.sid, x.principal, env_name=body.env_name, split=body.split, index=body.index,
+                           task_spec=body.task_spec, secrets=secrets, client_keys=client_keys)
+    return SidAnswer(sid=x.sid)
+
+
+@api.post("/fork", body=ForkBody, answer=ForkAnswer, gated=True, errors=(400, 429, 507))
+async def fork(x: Exchange[ForkBody]) -> ForkAnswer:
+    """An orsbox extension: `count` new sessions whose /workspace, home and /tmp are copies of this ready
+    session's now (not its processes), with its environment's `fork_state()`; they start like created ones."""
+    secrets, client_keys = request_secrets(x)
+    sids = await x.app[SESSIONS].fork(x.session, x.principal, x.body.count, secrets=secrets, client_keys=client_keys)
+    return ForkAnswer(sids=sids)
+
+
+def request_secrets(x: Exchange[Any]) -> tuple[dict[str, Secret], frozenset[str]]:
+    """The request's `X-Secrets`, and the names of those that hold the caller's own API key."""
     try:
         secrets = parse_secrets(x.request.headers.get("X-Secrets"))
     except ValueError as exc:
@@ -145,9 +165,7 @@ async def create(x: Exchange[CreateBody]) -> SidAnswer:
     key = x.request.headers.get("X-API-Key") or ""
     client_keys = frozenset(name for name, secret in secrets.items()
                             if key and hmac.compare_digest(secret.value.encode(), key.encode()))
-    x.app[SESSIONS].create(x.sid, x.principal, env_name=body.env_name, split=body.split, index=body.index,
-                           task_spec=body.task_spec, secrets=secrets, client_keys=client_keys)
-    return SidAnswer(sid=x.sid)
+    return secrets, client_keys
 
 
 @api.post("/ping", answer=StatusAnswer, session=True, errors=(404, 410))

@@ -62,6 +62,7 @@ class SandboxSpec:
     policy: SandboxPolicy
     owner: str  # who created the session (a digest, never a key)
     sandbox_request: str | None = None  # an openreward sandbox's request (JSON, no env), kept for adoption
+    pooled: bool = False  # a warm pool's container: `session_id` names its pool slot, `owner` is ""
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Leftover:
     """A sandbox of this node that the backend found (after a restart, or in a sweep), its labels parsed."""
 
     ref: SandboxRef
-    role: str  # "session", "describe", ...
+    role: str  # "session", "pool", "describe", ...
     session_id: str | None
     environment: str | None
     owner: str | None

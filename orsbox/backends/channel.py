@@ -67,6 +67,7 @@ class Hello:
     pid: int
     python: str
     environment: str
+    binding: object = None  # a pool container's binding to its session, as reported (untrusted: see Binding)
 
     @classmethod
     def parse(cls, answer: Any) -> Hello:
@@ -80,7 +81,8 @@ class Hello:
         for name, kind in fields.items():
             if type(answer.get(name)) is not kind:
                 raise SetupFailed(f"the sandbox's agent answered hello without a valid {name!r}")
-        return cls(protocol, answer["state"][:32], answer["pid"], answer["python"][:32], answer["environment"][:200])
+        return cls(protocol, answer["state"][:32], answer["pid"], answer["python"][:32], answer["environment"][:200],
+                   answer.get("binding"))
 
 
 async def open_channel(

@@ -81,6 +81,9 @@ def covers(domain: str, host: str) -> bool:
     return not host.startswith("*.") and host == domain
 
 
+#: Fields that size the warm pool rather than shape a container.
+POOL_FIELDS = {"pool_min", "pool_max", "pool_refill", "pool_idle"}
+
 #: Memory that full tmpfs mounts must still leave to commands and the agent (bytes).
 MEMORY_HEADROOM = 64 * 1024**2
 
@@ -121,8 +124,16 @@ class SandboxPolicy(BaseModel):
     # admission
     max_sessions: int | None = Field(None, ge=1, description="live sessions of this environment at most (429 past it)")
     max_starting: int | None = Field(None, ge=1, description="containers of this environment started at once")
+    fork_max_bytes: Bytes = Field(256 * 1024**2, description="bytes of files (as tar) a session may have to be "
+                                  "copied by /fork")
     max_sandboxes: int = Field(0, ge=0, le=64, description="openreward sandboxes a session's environment may "
                                "have at once, through the sandbox API on its loopback (0: no sandbox API)")
+    # warm pool
+    pool_min: int = Field(0, ge=0, le=256, description="containers kept started and waiting for a session (0: none)")
+    pool_max: int | None = Field(None, ge=0, le=256, description="the pool grows toward this while creates find it "
+                                 "empty, and shrinks back to pool_min when unused; default: pool_min")
+    pool_refill: int = Field(1, ge=1, le=32, description="pool containers of this environment started at once")
+    pool_idle: float = Field(3600.0, gt=0, description="s an unused pool container may wait before it is replaced")
 
     @field_validator("allow")
     @classmethod
@@ -151,9 +162,21 @@ class SandboxPolicy(BaseModel):
                 "files in tmpfs are held in memory")
         return self
 
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> SandboxPolicy:
+        if self.pool_max is not None and self.pool_max < self.pool_min:
+            raise ValueError(f"pool_max ({self.pool_max}) must be at least pool_min ({self.pool_min})")
+        return self
+
+    @property
+    def pool_limit(self) -> int:
+        """The most pool containers this environment may have waiting."""
+        return self.pool_min if self.pool_max is None else self.pool_max
+
     def digest(self) -> str:
-        """A short hash of the policy, for the container's orsbox.policy label."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+        """A short hash of what a container is started with, for its orsbox.policy label (pool sizing is not:
+        changing it must not keep running sessions from being adopted)."""
+        return hashlib.sha256(self.model_dump_json(exclude=POOL_FIELDS).encode()).hexdigest()[:12]
 
     def agent_limits(self) -> dict[str, Any]:
         """The limits the in-container agent enforces itself (`CommandLimits` fields)."""

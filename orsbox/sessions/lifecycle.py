@@ -1,8 +1,9 @@
 """A session's life: its sandbox started and set up, then ended exactly once, with a reason.
 
-Starting runs in the background: the backend starts a sandbox (queued by
+Starting runs in the background: the session takes a warm container from the pool
+(`pool`) where its environment has one, else the backend starts a sandbox (queued by
 admission) and hands back its handshaken agent channel; then the environment's
-`setup` runs. Ending cancels a start still running, runs `teardown` (bounded),
+`setup` runs (binding a pool container to the session). Ending cancels a start still running, runs `teardown` (bounded),
 and removes the sandbox; a start that was cut short is removed when it finishes.
 """
 
@@ -15,11 +16,14 @@ from collections.abc import Callable
 import structlog
 
 from ..agent.wire import SESSION_API, Method
-from ..backends.backend import Backend, SandboxSpec
+from ..backends.backend import Backend, Sandbox, SandboxSpec
 from ..backends.channel import AgentChannel
 from ..config import Config
 from ..errors import OrsboxError, SetupFailed
 from ..metrics import Metrics
+from .binding import Binder
+from .forks import give_snapshot
+from .pool import Pool
 from .registry import Registry
 from .session import Session, State, sandbox_owner
 from .tasks import Tasks
@@ -28,13 +32,17 @@ log = structlog.get_logger()
 
 
 class Lifecycle:
-    def __init__(self, backend: Backend, registry: Registry, tasks: Tasks, config: Config, metrics: Metrics) -> None:
+    def __init__(self, backend: Backend, registry: Registry, tasks: Tasks, config: Config, metrics: Metrics,
+                 pool: Pool, binder: Binder) -> None:
         self.backend = backend
+        self.pool = pool
+        self.binder = binder
         self.metrics = metrics
         self.registry = registry
         self.tasks = tasks
         self.config = config
         self.closing = False  # shutdown has begun: agents dying now are not reported as gone
+        self.ending: set[str] = set()  # sandboxes (ref ids) of sessions being ended: not orphans to the sweep
         # Serves the sandbox API to a session's environment over its channel; gives the key (sandbox_api/forwarding.py).
         self.session_api: Callable[[Session, AgentChannel], str] | None = None
 
@@ -46,15 +54,13 @@ class Lifecycle:
     async def _start(self, session: Session, secrets: dict[str, str]) -> None:
         policy = session.env.policy
         started = time.monotonic()
-        spec = SandboxSpec(session.id, session.env.image, policy, session.owner, session.sandbox_request)
         try:
             async with asyncio.timeout(policy.setup_timeout):
-                async with self.registry.env_starts(session.env), self.registry.starts:  # queued beyond the limits
-                    session.sandbox_future = self.tasks.spawn(
-                        self.backend.start(spec, timeout=policy.setup_timeout), session)
-                    starting = time.monotonic()
-                    sandbox = await asyncio.shield(session.sandbox_future)
-                    self.metrics.container_start.labels(session.env.name).observe(time.monotonic() - starting)
+                sandbox, binding = self._from_pool(session), None
+                if sandbox is not None:  # a pool container: bound to the session by its setup
+                    binding = self.binder.bind(sandbox.ref.name, session.id, session.owner).to_json()
+                else:
+                    sandbox = await self._start_cold(session)
                 sandbox.channel.on_close(lambda: self._agent_gone(session))
                 params: dict[str, object] = {"task": session.task, "secrets": secrets}
                 if session.sandbox_setup is not None:
@@ -62,8 +68,13 @@ class Lifecycle:
                 token = self._link_session_api(session, sandbox.channel)
                 if token is not None:
                     params[SESSION_API] = {"token": token}
+                if binding is not None:
+                    params["binding"] = binding
+                if session.fork is not None:  # a copy: the source's task, files and state
+                    params["task"] = session.fork.task
+                    params["fork"] = await give_snapshot(sandbox.channel, session.fork, policy)
                 await sandbox.channel.call(Method.SETUP, params)
-            session.task = {}  # the agent holds it now; a big task spec must not stay in the server's memory
+            session.task, session.fork = {}, None  # the agent holds them now: not kept in the server's memory
         except TimeoutError:
             self._fail(session, SetupFailed(f"TimeoutError: setup did not finish within {policy.setup_timeout:.0f} s"))
         except OrsboxError as exc:
@@ -71,10 +82,31 @@ class Lifecycle:
         else:
             session.state = State.READY
             session.touch()  # the idle clock starts when the session can be used
-            log.info("session_ready", seconds=round(time.monotonic() - started, 3))
+            log.info("session_ready", seconds=round(time.monotonic() - started, 3), pooled=binding is not None)
             self.metrics.setup.labels(session.env.name).observe(time.monotonic() - started)
         finally:
             session.settled.set()
+
+    def _from_pool(self, session: Session) -> Sandbox | None:
+        """A warm container for an ORS session of a pooled environment (openreward sandboxes start cold)."""
+        if session.is_sandbox:
+            return None
+        sandbox = self.pool.take(session.env)
+        if sandbox is not None:
+            future: asyncio.Future[Sandbox] = asyncio.get_running_loop().create_future()
+            future.set_result(sandbox)
+            session.sandbox_future = future
+        return sandbox
+
+    async def _start_cold(self, session: Session) -> Sandbox:
+        policy = session.env.policy
+        spec = SandboxSpec(session.id, session.env.image, policy, session.owner, session.sandbox_request)
+        async with self.registry.env_starts(session.env), self.registry.starts:  # queued beyond the limits
+            session.sandbox_future = self.tasks.spawn(self.backend.start(spec, timeout=policy.setup_timeout), session)
+            starting = time.monotonic()
+            sandbox: Sandbox = await asyncio.shield(session.sandbox_future)
+            self.metrics.container_start.labels(session.env.name).observe(time.monotonic() - starting)
+        return sandbox
 
     def _fail(self, session: Session, error: OrsboxError) -> None:
         """Setup failed: the session stays (answering the error) but its sandbox goes now."""
@@ -111,6 +143,8 @@ class Lifecycle:
     async def _end(self, session: Session, reason: str) -> None:
         started = time.monotonic()
         was_ready = session.state is State.READY
+        if session.sandbox is not None:
+            self.ending.add(session.sandbox.ref.id)
         session.state = State.ENDED
         self.registry.remove(session, reason)
         session.settled.set()
@@ -126,6 +160,7 @@ class Lifecycle:
         await asyncio.gather(*(self.end(s, "the session that made it ended")
                                for s in list(self.registry.live.values()) if s.owner == owner))
         await self._release(session)
+        self.pool.refill_all()  # the room it leaves may be the pool's again
         log.info("session_ended", reason=reason, seconds=round(time.monotonic() - started, 3))
         self.metrics.session_ended(session.env.name, reason)
 
@@ -137,10 +172,14 @@ class Lifecycle:
             sandbox = await asyncio.shield(session.sandbox_future)
         except (OrsboxError, asyncio.CancelledError):
             return  # the start failed and removed what it had made
-        await sandbox.channel.close()
-        removing = time.monotonic()
-        await self.backend.remove(sandbox.ref)
-        self.metrics.container_remove.labels(session.env.name).observe(time.monotonic() - removing)
+        self.ending.add(sandbox.ref.id)
+        try:
+            await sandbox.channel.close()
+            removing = time.monotonic()
+            await self.backend.remove(sandbox.ref)
+            self.metrics.container_remove.labels(session.env.name).observe(time.monotonic() - removing)
+        finally:
+            self.ending.discard(sandbox.ref.id)
 
     async def let_go(self) -> None:
         """Disconnect from ready sessions without ending them: their sandboxes wait for adoption."""

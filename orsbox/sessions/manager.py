@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import uuid
 
 import structlog
 
 from ..auth import Principal
+from ..auth.keyring import server_secret
 from ..backends.backend import Backend
 from ..catalog import Catalog, EnvironmentInfo
 from ..config import Config
@@ -21,8 +24,11 @@ from ..metrics import Metrics
 from ..policy import PolicySet
 from ..protocol import JSONObject, Secret
 from .adoption import Adoption
+from .binding import Binder
 from .calls import Calls, channel_of
+from .forks import take_snapshot
 from .lifecycle import Lifecycle
+from .pool import Pool
 from .reaper import Reaper
 from .registry import Registry
 from .secrets import secrets_for_session
@@ -30,6 +36,8 @@ from .session import CallRecord, Session, State
 from .tasks import Tasks
 
 log = structlog.get_logger()
+
+MAX_FORKS = 64  # copies one /fork may ask for
 
 
 class SessionManager:
@@ -42,18 +50,23 @@ class SessionManager:
         self.config = config
         self.tasks = Tasks()
         self.registry = Registry(config)
-        self.lifecycle = Lifecycle(backend, self.registry, self.tasks, config, metrics)
+        self.pool = Pool(backend, self.registry, self.tasks, config, metrics)
+        binder = Binder(server_secret(config.state_dir))
+        self.lifecycle = Lifecycle(backend, self.registry, self.tasks, config, metrics, self.pool, binder)
         self.calls = Calls(self.registry, self.tasks, config, metrics)
-        self.reaper = Reaper(backend, self.registry, self.lifecycle, config, metrics)
+        self.reaper = Reaper(backend, self.registry, self.lifecycle, self.pool, config, metrics)
         metrics.watch_sessions(lambda: [(s.env.name, s.state.value) for s in self.registry.live.values()])
-        self.adoption = Adoption(backend, catalog, self.registry, self.lifecycle, config, policies)
+        self.adoption = Adoption(backend, catalog, self.registry, self.lifecycle, self.pool, binder, config, policies)
         self._background: list[asyncio.Task[None]] = []
 
     # -- the manager's own lifecycle ---------------------------------------------
 
     async def start(self, engine_watch_interval: float) -> None:
-        """Adopt or remove what a previous run left, then reap and watch the engine in the background."""
+        """Adopt or remove what a previous run left, fill the warm pools, then reap and watch the engine in the
+        background."""
+        self.pool.configure(self.catalog.environments())
         await self.adoption.adopt_or_sweep()
+        self.pool.refill_all()
         self._background = [asyncio.create_task(self.reaper.run()),
                             asyncio.create_task(self.reaper.watch_engine(engine_watch_interval))]
 
@@ -63,16 +76,17 @@ class SessionManager:
 
     def drain(self) -> None:
         """Refuse new sessions from now on (shutdown has begun); existing ones keep working."""
-        self.lifecycle.closing = True
+        self.lifecycle.closing = self.pool.closing = True
 
     async def close(self, timeout: float) -> None:
         """End every session (sandbox removed) and every background task.
 
-        With `keep_sessions`, ready sessions' sandboxes stay for the next run to adopt.
+        With `keep_sessions`, ready sessions' sandboxes (and the pools' waiting ones) stay for the next run to adopt.
         """
         self.lifecycle.closing = True
         for task in self._background:
             task.cancel()
+        await self.pool.close(keep=self.config.keep_sessions)
         if self.config.keep_sessions:
             await self.lifecycle.let_go()
         ends = [asyncio.ensure_future(self.lifecycle.end(s, "the server shut down"))
@@ -128,6 +142,33 @@ class SessionManager:
         log.info("sandbox_created", session_id=sid, env=env.name, image=env.image.tags[0][:200], key=principal.key_id)
         self.metrics.created.labels(env.name, "sandbox").inc()
         return session
+
+    async def fork(self, source: Session, principal: Principal, count: int, *,
+                   secrets: dict[str, Secret] | None = None, client_keys: frozenset[str] = frozenset()) -> list[str]:
+        """`count` new sessions of the ready `source`'s environment and task, whose files and environment state
+        are copies of the source's now; they set up in the background, as created ones do."""
+        if self.lifecycle.closing:
+            raise ShuttingDown()
+        if source.is_sandbox:
+            raise BadRequest("/fork copies ORS sessions; an openreward sandbox cannot be forked")
+        if not 1 <= count <= MAX_FORKS:
+            raise BadRequest(f"count must be between 1 and {MAX_FORKS}, not {count}")
+        env = source.env
+        given = secrets_for_session(secrets or {}, env.policy, client_keys=client_keys)
+        self.registry.room_for(env, principal, count)
+        started = time.monotonic()
+        snapshot = await take_snapshot(channel_of(source), env.policy)
+        source.touch()
+        sids = []
+        for _ in range(count):
+            sid = str(uuid.uuid4())
+            self._admit(sid, env, principal)
+            self.lifecycle.begin(Session(id=sid, env=env, task={}, owner=principal.owner, fork=snapshot), given)
+            self.metrics.created.labels(env.name, "fork").inc()
+            sids.append(sid)
+        log.info("session_forked", session_id=source.id, env=env.name, copies=sids, bytes=snapshot.size,
+                 seconds=round(time.monotonic() - started, 3))
+        return sids
 
     def start_request(self, session: Session, method: str, params: JSONObject, *, label: str) -> CallRecord:
         return self.calls.start_request(session, method, params, label=label)

@@ -17,6 +17,7 @@ from ..backends.backend import Backend
 from ..config import Config
 from ..metrics import Metrics
 from .lifecycle import Lifecycle
+from .pool import Pool
 from .registry import Registry
 from .session import State
 
@@ -26,9 +27,10 @@ SWEEP_EVERY = 6  # reaper rounds between orphan sweeps (30 s by default)
 
 
 class Reaper:
-    def __init__(self, backend: Backend, registry: Registry, lifecycle: Lifecycle, config: Config,
+    def __init__(self, backend: Backend, registry: Registry, lifecycle: Lifecycle, pool: Pool, config: Config,
                  metrics: Metrics) -> None:
         self.backend = backend
+        self.pool = pool
         self.metrics = metrics
         self.registry = registry
         self.lifecycle = lifecycle
@@ -58,19 +60,23 @@ class Reaper:
             elif session.idle_for(now) > idle_limit:
                 self.lifecycle.end_soon(session, f"idle for more than {idle_limit:.0f} s")
         self.registry.forget_ended(now)
+        self.pool.tick(now)
 
     async def sweep(self) -> None:
-        """Remove every sandbox of this node that no live session owns, then such networks and folders."""
-        live = self.registry.live
+        """Remove every sandbox of this node that no live session or pool owns, then such networks and folders."""
+        leftovers = await self.backend.list_leftovers()
+        live = self.registry.live  # read after the listing: a sandbox started meanwhile is owned, not an orphan
         owned = {session.sandbox.ref.id for session in live.values() if session.sandbox is not None}
-        for leftover in await self.backend.list_leftovers():
+        owned |= self.pool.sandbox_ids() | self.lifecycle.ending  # pooled, or being removed by their session's end
+        for leftover in leftovers:
             sid = leftover.session_id
-            starting = sid is not None and sid in live and live[sid].state is State.STARTING
+            starting = sid is not None and ((sid in live and live[sid].state is State.STARTING)
+                                            or sid in self.pool.slots())
             if leftover.ref.id in owned or starting:
                 continue
             log.warning("orphan_container_removed", container=leftover.ref.name, session_id=sid)
             await self.backend.remove(leftover.ref)
-        await self.backend.remove_orphans(set(live))
+        await self.backend.remove_orphans(set(live) | self.pool.slots())
 
     async def watch_engine(self, interval: float) -> None:
         """Keep `engine_up` current; when the engine comes back, remove what it left behind."""

@@ -44,6 +44,20 @@ class Registry:
             raise TooManySessions(f"environment {env.name!r} is at its limit of {limit} live sessions; retry later",
                                   limit="environment")
 
+    def room_for(self, env: EnvironmentInfo, principal: Principal, count: int) -> None:
+        """Refuse (429) `count` more sessions of `env` for `principal` past a limit of live sessions."""
+        if len(self.live) + count > self.config.max_sessions:
+            raise TooManySessions(f"{count} more sessions would pass orsbox's limit of {self.config.max_sessions} "
+                                  "live sessions; retry later")
+        limit = env.policy.max_sessions
+        if limit is not None and sum(s.env.name == env.name for s in self.live.values()) + count > limit:
+            raise TooManySessions(f"{count} more sessions would pass environment {env.name!r}'s limit of {limit} "
+                                  "live sessions; retry later", limit="environment")
+        quota = principal.quota.max_sessions
+        if quota is not None and sum(s.owner == principal.owner for s in self.live.values()) + count > quota:
+            raise TooManySessions(f"{count} more sessions would pass this API key's limit of {quota} live "
+                                  "sessions; end some or retry later", limit="key_sessions")
+
     def _admit_for_key(self, principal: Principal) -> None:
         quota = principal.quota
         if principal.parent_session is not None:  # an environment's sandboxes: its own limit, then its key's

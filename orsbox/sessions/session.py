@@ -14,6 +14,7 @@ from ..backends.channel import AgentChannel
 from ..catalog import EnvironmentInfo
 from ..errors import OrsboxError
 from ..protocol import JSONObject
+from .forks import Snapshot
 
 
 class State(enum.Enum):
@@ -51,6 +52,7 @@ class Session:
     end_task: asyncio.Task[None] | None = None
     key_owner: str | None = None  # the API key's owner a sandbox of an environment counts against (else: owner)
     key_quota: Quota | None = None  # an ORS session's: the quota of the key that created it
+    fork: Snapshot | None = None  # a copy made by /fork: the source's files and state, until its setup took them
 
     @property
     def sandbox(self) -> Sandbox | None:

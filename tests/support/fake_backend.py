@@ -157,7 +157,8 @@ class FakeBackend:
                 sandbox.process.kill()
 
     async def list_leftovers(self) -> list[Leftover]:
-        return [Leftover(ref=SandboxRef(id=ref_id, name=f"fake-{s.spec.session_id[:40]}"), role="session",
+        return [Leftover(ref=SandboxRef(id=ref_id, name=f"fake-{s.spec.session_id[:40]}"),
+                         role="pool" if s.spec.pooled else "session",
                          session_id=s.spec.session_id, environment=s.spec.environment.name, owner=s.spec.owner,
                          created=s.created, running=s.process.returncode is None,
                          status="running" if s.process.returncode is None else "exited",

@@ -19,6 +19,8 @@ TASKS: dict[str, list[dict[str, str]]] = {
 class EchoEnvironment(Environment):
     """Say the task's word back (`answer`) for reward 1; `echo`, `sleep`, `big` and `fail` for the protocol."""
 
+    forkable = True  # its state is its task (the counters below are for tests of one session)
+
     @classmethod
     def list_splits(cls) -> list[str]:
         return list(TASKS)

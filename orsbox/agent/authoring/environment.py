@@ -132,6 +132,27 @@ class Environment:
     def setup(self) -> Any:
         """Prepare the sandbox for the task (runs once, before the first call)."""
 
+    @property
+    def finished(self) -> bool:
+        """Whether a tool call ended the episode."""
+        return self._finished
+
+    #: True for an environment whose whole state is in its files (and its task): `/fork` copies it without
+    #: hooks. Others implement `fork_state()` and `restore_state()`, or cannot be forked.
+    forkable: ClassVar[bool] = False
+
+    def fork_state(self) -> Any:
+        """What a copy made by `/fork` needs besides the session's files and task (JSON; sync or async):
+        answers or generators kept in memory. The default refuses unless the class sets `forkable`."""
+        if not self.forkable:
+            raise NotImplementedError(
+                "%s cannot be forked: it does not implement fork_state() and restore_state() (or set "
+                "forkable = True if its whole state is in its files)" % type(self).__name__)
+        return {}
+
+    def restore_state(self, state: Any) -> Any:
+        """A copy's stand-in for `setup()`: its files are the source's already; `state` is `fork_state()`'s."""
+
     def teardown(self) -> Any:
         """Release what setup acquired (runs on delete)."""
 

@@ -184,6 +184,8 @@ class Runner:
         #: Process groups of live persistent shells: the clean-up after commands and programs spares them.
         self.shell_groups: Set[int] = set()
         self._locks: Dict[int, asyncio.Lock] = {}
+        #: The first persistent shell, started ahead (`prestart_shell`): (its cwd, its start).
+        self._prestarted: Optional[Tuple[str, "asyncio.Future[asyncio.subprocess.Process]"]] = None
 
     def configure(self, limits: CommandLimits) -> None:
         """Take the session's limits: the agent does so once, at start, before any environment code runs."""
@@ -212,11 +214,36 @@ class Runner:
             return CommandResult(capture.text(), exit_code, timed_out, capture.truncated, time.monotonic() - started,
                                  oom_killed_since(kills_before))
 
+    def prestart_shell(self, cwd: str) -> None:
+        """Start the session's first persistent shell now (bash costs ~25 ms to start on fuse-overlayfs), for
+        an environment with a shell tool: its first call takes it. Later shells start when asked for."""
+        self._prestarted = (cwd, asyncio.ensure_future(self._spawn_shell(cwd)))
+
     async def start_shell(self, cwd: str) -> asyncio.subprocess.Process:
-        """A persistent bash as the command user: stdin and stdout piped, stderr into stdout.
+        """A persistent bash as the command user: stdin and stdout piped, stderr into stdout; the one
+        started ahead if it is for `cwd` and still runs.
 
         Its process group is spared by the clean-up after commands and programs until `stop_shell`.
         """
+        prestarted, self._prestarted = self._prestarted, None
+        if prestarted is not None and prestarted[0] == cwd:
+            try:
+                proc = await prestarted[1]
+            except OSError:
+                proc = None
+            if proc is not None and proc.returncode is None:
+                return proc
+        elif prestarted is not None:
+            prestarted[1].add_done_callback(self._stop_unused)
+        return await self._spawn_shell(cwd)
+
+    def _stop_unused(self, started: "asyncio.Future[asyncio.subprocess.Process]") -> None:
+        if not started.cancelled() and started.exception() is None:
+            proc = started.result()
+            self.shell_groups.discard(proc.pid)
+            _kill_group(proc.pid)
+
+    async def _spawn_shell(self, cwd: str) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
             "/bin/bash", "--noprofile", "--norc",
             stdin=asyncio.subprocess.PIPE,

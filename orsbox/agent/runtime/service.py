@@ -22,7 +22,9 @@ from .. import wire
 from ..authoring import openreward_adapter
 from ..authoring.blocks import blocks_to_json, split_to_json
 from ..authoring.environment import Environment, call_maybe_async
+from ..authoring.toolsets import ShellTools
 from ..wire import ErrorType, Method, WireError
+from .forking import Forks
 from .forwarder import Forwarder
 from .processes import RUNNER
 from .procfs import kill_processes
@@ -125,6 +127,10 @@ class Agent:
         self.env: Optional[Environment] = None
         self.state = "new"  # new -> ready | failed -> torn_down
         self.setup_error: Optional[str] = None
+        # A pool container's session, given with setup and signed by the server: reported in hello, for adoption.
+        self.binding: Optional[Dict[str, Any]] = None
+        self._environment_class: Optional[Type[Environment]] = None
+        self.forks = Forks()
         self._setup_lock = asyncio.Lock()
         # `--entrypoint sandbox`: no Environment, the sandbox methods (runtime/sandbox.py)
         self.sandbox = Sandbox(RUNNER, enabled=entrypoint == wire.SANDBOX_ENTRYPOINT)
@@ -136,8 +142,25 @@ class Agent:
             Method.TASK_TOOLS: self.task_tools,
             Method.CALL_TOOL: self.call_tool,
             Method.TEARDOWN: self.teardown,
+            Method.FORK_EXPORT: self.fork_export,
+            Method.FORK_READ: lambda params: self._answer(self.forks.read(params.get("offset"))),
+            Method.FORK_DONE: lambda params: self._answer(self.forks.done()),
+            Method.FORK_GATHER: self.fork_gather,
             **self.sandbox.handlers(),
         }
+
+    def preload(self) -> None:
+        """Import the environment's code now, before any session (a pool container's setup then only runs
+        it), and start its first shell if it has a shell tool; an import that fails is reported by setup."""
+        if self.sandbox.enabled:
+            return
+        try:
+            self._environment_class = cls = load_environment_class(self.entrypoint)
+        except Exception as exc:
+            log("preload_failed", error="%s: %s" % (type(exc).__name__, exc))
+            return
+        if issubclass(cls, ShellTools):  # its first bash call need not wait for bash to start
+            RUNNER.prestart_shell(cls.workspace)
 
     async def dispatch(self, frame: Dict[str, Any]) -> Any:
         handler = self.handlers.get(frame.get("method"))  # type: ignore[arg-type]
@@ -155,6 +178,7 @@ class Agent:
             "pid": os.getpid(),
             "environment": self.entrypoint,
             "state": self.state,
+            **({"binding": self.binding} if self.binding is not None else {}),
             **self.sandbox.hello(),
         }
 
@@ -164,6 +188,9 @@ class Agent:
                 return {}
             if self.state != "new":
                 raise WireError(ErrorType.SETUP_FAILED, self.setup_error or "setup already ran")
+            binding = params.get("binding")
+            if isinstance(binding, dict):
+                self.binding = binding
             try:
                 if self.sandbox.enabled:
                     self.sandbox.configure(params.get("sandbox"))
@@ -171,9 +198,14 @@ class Agent:
                     return {}
                 secrets = dict(params.get("secrets") or {})
                 await self._session_api(params.get(wire.SESSION_API), secrets)
-                cls = load_environment_class(self.entrypoint)
+                cls = self._environment_class or load_environment_class(self.entrypoint)
                 env = cls(params.get("task") or {}, secrets)
-                await call_maybe_async(env.setup)
+                fork = params.get("fork")
+                if isinstance(fork, dict):  # a copy of another session: its files, then its state
+                    await self.forks.unpack(fork.get("sha256"))
+                    await call_maybe_async(env.restore_state, fork.get("state") or {})
+                else:
+                    await call_maybe_async(env.setup)
             except Exception as exc:
                 self.state = "failed"
                 self.setup_error = "%s: %s" % (type(exc).__name__, exc)
@@ -193,6 +225,36 @@ class Agent:
         await self.forwarder.start(token)
         for name in ("api_key", "OPENREWARD_API_KEY"):
             secrets.setdefault(name, token)
+
+    async def fork_export(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        """The environment's state (its `fork_state()`), its task, and its files packed for copies."""
+        env = self._ready_env()
+        if env.finished:
+            raise WireError(ErrorType.BAD_REQUEST, "the episode has finished: there is nothing left to fork")
+        try:
+            state = await call_maybe_async(env.fork_state)
+            json.dumps(state)
+        except NotImplementedError as exc:
+            raise WireError(ErrorType.BAD_REQUEST, str(exc) or "this environment cannot be forked") from None
+        except Exception as exc:
+            raise WireError(ErrorType.ENVIRONMENT_ERROR, "fork_state: %s: %s" % (type(exc).__name__, exc)) from None
+        max_bytes = params.get("max_bytes")
+        if type(max_bytes) is not int or max_bytes <= 0:
+            raise WireError(ErrorType.BAD_REQUEST, "max_bytes must be a positive integer")
+        files = await self.forks.export(max_bytes)
+        return {"state": state, "task": env.task, **files}
+
+    async def fork_gather(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        if self.state != "new":
+            raise WireError(ErrorType.BAD_REQUEST, "files of a fork are taken before setup only")
+        max_bytes = params.get("max_bytes")
+        if type(max_bytes) is not int or max_bytes <= 0:
+            raise WireError(ErrorType.BAD_REQUEST, "max_bytes must be a positive integer")
+        return self.forks.gather(params.get("data"), max_bytes)
+
+    @staticmethod
+    async def _answer(result: Dict[str, Any]) -> Dict[str, Any]:
+        return result
 
     def _ready_env(self) -> Environment:
         if self.env is None or self.state != "ready":

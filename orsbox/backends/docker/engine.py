@@ -13,14 +13,17 @@ process has are swept with the orphan networks (`remove_orphans`).
 from __future__ import annotations
 
 import asyncio
+import compileall
 import contextlib
 import contextvars
 import hashlib
 import json
 import os
+import py_compile
 import re
 import secrets
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -96,13 +99,17 @@ def engine_errors(action: str) -> Iterator[None]:
 def stage_agent(state_dir: Path) -> Path:
     """Copy the agent package to `<state_dir>/agent/<hash>/orsbox/agent`, for a read-only mount.
 
-    Only the agent goes into containers (its whole tree, without __pycache__), beside an empty
-    `orsbox/__init__.py`, so environments import `orsbox.agent` and nothing else of the server.
+    Only the agent goes into containers (its whole tree, without the host's __pycache__), beside an
+    empty `orsbox/__init__.py`, so environments import `orsbox.agent` and nothing else of the server.
+    It is byte-compiled afresh for this Python (unchecked-hash .pyc: the folder is named by the hash of
+    its sources and never changes), which a container whose python3 is of the same version (the base's)
+    loads instead of compiling every module at each start (~50 ms of the agent's start); others
+    compile from source as before.
     """
     source = Path(agent_package.__file__).parent
     files = sorted(path.relative_to(source) for path in source.rglob("*") if path.is_file())
     files = [rel for rel in files if "__pycache__" not in rel.parts]
-    hashed = hashlib.sha256()
+    hashed = hashlib.sha256(sys.implementation.cache_tag.encode())
     for rel in files:  # each file's path and content, unambiguously
         hashed.update(rel.as_posix().encode() + b"\0" + hashlib.sha256((source / rel).read_bytes()).digest())
     digest = hashed.hexdigest()[:16]
@@ -115,6 +122,7 @@ def stage_agent(state_dir: Path) -> Path:
             target = tmp / "orsbox" / "agent" / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / rel, target)
+        compileall.compile_dir(tmp, quiet=2, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
         for path in tmp.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
         tmp.chmod(0o755)
@@ -270,7 +278,7 @@ class DockerBackend:
         name = container_name(spec.session_id)
         folder = make_folder(self.sessions_dir, name)
         self._folders_in_use.add(name)
-        labels = self._labels(role="session", environment=spec.environment.name)
+        labels = self._labels(role="pool" if spec.pooled else "session", environment=spec.environment.name)
         labels.update({LABEL_SESSION: spec.session_id, LABEL_POLICY_NAME: spec.policy.digest(),
                        LABEL_OWNER: spec.owner})
         if spec.sandbox_request is not None:
