@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import sys
 from pathlib import Path
@@ -149,8 +150,20 @@ def serve_command(args: argparse.Namespace) -> int:
         log.info("starting", host=config.host, port=config.port, version=__version__, node_id=config.node_id,
                  locks=[str(path) for path in lock.paths], open_files=open_files)
         web.run_app(create_app(config), host=config.host, port=config.port, print=None,
-                    shutdown_timeout=config.shutdown_timeout, access_log=None, loop=asyncio.new_event_loop())
+                    shutdown_timeout=config.shutdown_timeout, access_log=None, loop=event_loop())
     return 0
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed (and ORSBOX_UVLOOP is not 0), else asyncio's."""
+    if os.environ.get("ORSBOX_UVLOOP", "1") != "0":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def raise_open_file_limit() -> int:

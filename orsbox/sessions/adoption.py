@@ -36,6 +36,7 @@ class Adoption:
         self.policies = policies
         self.pool = pool
         self.binder = binder
+        self._kept: set[str] = set()  # pool containers the previous run's shutdown left waiting
         self.backend = backend
         self.catalog = catalog
         self.registry = registry
@@ -46,6 +47,7 @@ class Adoption:
         """Serve again the ready sessions a previous run left; remove every other sandbox of this node, then
         (adoption done, so a folder being adopted is never taken) networks and folders no sandbox has."""
         started = time.monotonic()
+        self._kept = self.pool.take_kept()
         leftovers = await self.backend.list_leftovers()
         outcomes = await asyncio.gather(*(self._adopt_or_remove(leftover) for leftover in leftovers))
         await self.backend.remove_orphans(set(self.registry.live) | self.pool.slots())
@@ -111,6 +113,8 @@ class Adoption:
     def _serve_pooled(self, leftover: Leftover, env: EnvironmentInfo, sandbox: Sandbox) -> str | None:
         """A pool container: the session its agent reports a valid binding for, or back into the pool."""
         if sandbox.hello.binding is None:
+            if leftover.ref.name not in self._kept:  # it may have served a session whose root now says otherwise
+                return "a pool container the previous run did not leave waiting"
             if sandbox.hello.state != "new":
                 return f"an unbound pool container whose agent is {sandbox.hello.state!r}"
             return None if self.pool.adopt(env, leftover, sandbox) else "the pool has no room for it"

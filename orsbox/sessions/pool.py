@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
+import os
 import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 
@@ -33,6 +36,7 @@ from .tasks import Tasks
 log = structlog.get_logger()
 
 RETRY_PAUSES = (1.0, 2.0, 5.0, 15.0, 60.0)  # s before the pool tries again after consecutive failed starts
+KEPT_FILE = "pool-kept.json"  # in the state dir: the containers a shutdown left waiting for the next run
 
 
 @dataclass
@@ -187,6 +191,18 @@ class Pool:
 
     # -- restarts -------------------------------------------------------------------------
 
+    def take_kept(self) -> set[str]:
+        """The containers the previous run left waiting (`close(keep=True)`), read once: only those may come
+        back into a pool. An agent's word that it never served a session is no proof (a session with root in
+        its container could say so), and after a crash nothing is listed, so the pool starts afresh."""
+        try:
+            data = json.loads(self._kept_file.read_text())
+            self._kept_file.unlink()
+        except (OSError, ValueError):
+            return set()
+        names = data.get("containers") if isinstance(data, dict) else None
+        return {name for name in names if isinstance(name, str)} if isinstance(names, list) else set()
+
     def adopt(self, env: EnvironmentInfo, leftover: Leftover, sandbox: Sandbox) -> bool:
         """Take back an unbound pool container a previous run kept; False where this pool has no room for it."""
         pool = self._pools.get(env.name)
@@ -197,13 +213,28 @@ class Pool:
         return True
 
     async def close(self, *, keep: bool) -> None:
-        """Stop refilling; remove every waiting container, or (`keep`) leave them for the next run to adopt."""
+        """Stop refilling; remove every waiting container, or (`keep`) leave them for the next run to adopt,
+        listed in the state dir (which no container can reach) as never having served a session."""
         self.closing = True
         waiting = [w for p in self._pools.values() for w in p.ready]
         for pool in self._pools.values():
             pool.ready.clear()
         if keep:
+            write_private(self._kept_file, json.dumps({"containers": [w.sandbox.ref.name for w in waiting]}))
             for warm in waiting:
                 await warm.sandbox.channel.close()
             return
         await asyncio.gather(*(self._remove(w.sandbox) for w in waiting))
+
+    @property
+    def _kept_file(self) -> Path:
+        return self.config.state_dir / KEPT_FILE
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically, readable by the server only."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    tmp.replace(path)

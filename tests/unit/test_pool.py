@@ -157,6 +157,27 @@ async def test_a_restart_adopts_bound_and_waiting_pool_containers(server: Server
     await second.delete(other)
 
 
+async def test_after_a_crash_waiting_containers_are_not_trusted_back_into_the_pool(
+        server: Server, backend: FakeBackend, policies: Path, state_dir: Path) -> None:
+    (policies / "echo.toml").write_text(POOLED.format(min=1))
+    first = await server(keep_sessions=True)
+    await ready_in_pool(first, 1)
+    [bound] = pooled(backend)
+    sid = await first.new_session("echo")
+    assert (await first.call_when_ready(sid, "echo", {"text": "before"}, env="echo"))[0].text == "before"
+    await ready_in_pool(first, 1)
+    [waiting] = pooled(backend) - {bound}
+    await first.http.close()
+    (state_dir / "pool-kept.json").unlink()  # as after kill -9: nothing says which containers never served a session
+
+    second = await server()
+    assert (await second.call(sid, "echo", {"text": "after"}, env="echo")).text == "after"  # bound: adopted
+    await ready_in_pool(second, 1)
+    assert bound in backend.sandboxes and waiting not in backend.sandboxes  # replaced by a fresh one
+    assert len(pooled(backend)) == 2
+    await second.delete(sid)
+
+
 async def test_a_restart_without_a_pool_removes_waiting_containers(server: Server, backend: FakeBackend,
                                                                    policies: Path) -> None:
     (policies / "echo.toml").write_text(POOLED.format(min=2))
