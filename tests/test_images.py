@@ -38,7 +38,7 @@ from orsbox.images import (
     vendoring,
 )
 from orsbox.images import base as base_recipe
-from orsbox.images.build import build_network
+from orsbox.images.build import build_network, task_images
 
 REPO_IMAGES = Path(__file__).resolve().parents[1] / "images"
 TEST_NAME = "imgtest"
@@ -75,6 +75,21 @@ def test_image_names_base_first_then_env_dirs_sorted(tmp_path: Path) -> None:
     (tmp_path / "no-dockerfile").mkdir()
     (tmp_path / "README.md").write_text("not an image\n")
     assert image_names(tmp_path) == [BASE, "alpha", "mid", "zeta"]
+
+
+def test_task_images_are_the_task_folders_with_a_dockerfile(tmp_path: Path) -> None:
+    assert task_images(tmp_path) == []
+    for task in ("two", "one", "no-dockerfile"):
+        (tmp_path / "tasks" / task).mkdir(parents=True)
+    for task in ("two", "one"):
+        (tmp_path / "tasks" / task / "Dockerfile").write_text("FROM scratch\n")
+    assert task_images(tmp_path) == [("one", tmp_path / "tasks" / "one"), ("two", tmp_path / "tasks" / "two")]
+    (tmp_path / "tasks" / "Bad Name").mkdir()
+    (tmp_path / "tasks" / "Bad Name" / "Dockerfile").write_text("FROM scratch\n")
+    with pytest.raises(ImageBuildError, match="not a valid image name part"):
+        task_images(tmp_path)
+    assert [name for name, _ in task_images(REPO_IMAGES / "swe-mini")] == [
+        "bisect", "intervals", "roman", "stack", "wordcount"]
 
 
 def test_image_names_without_images_dir(tmp_path: Path) -> None:

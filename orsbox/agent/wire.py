@@ -11,6 +11,13 @@ Frames are newline-delimited compact JSON objects:
 
 Many requests may be in flight on one connection; responses carry the id of the
 request they answer and may come back in any order.
+
+Tunnels (an environment that drives openreward sandboxes): the agent forwards each TCP connection
+made to its loopback port as frames of its own numbering, both ways, never answered:
+
+    {"tunnel": 3, "open": true}       agent -> server: a new connection
+    {"tunnel": 3, "data": "<base64>"}  either way: at most TUNNEL_PIECE bytes
+    {"tunnel": 3, "close": true}       either way: that connection is over
 """
 
 from __future__ import annotations
@@ -29,6 +36,13 @@ MAX_REQUEST_BYTES = 32 * 1024 * 1024
 SANDBOX_ENTRYPOINT = "sandbox"
 #: Longest `cmd` of a `sandbox_run` (bytes, UTF-8).
 MAX_SANDBOX_CMD_BYTES = 16 * 1024 * 1024
+
+
+#: Tunnels: bytes of one `data` frame (before base64), and connections open at once per session.
+TUNNEL_PIECE = 64 * 1024
+MAX_TUNNELS = 32
+#: The setup params' key that gives an environment the sandbox API: {"token": its API key}.
+SESSION_API = "session_api"
 
 
 def frame_limit(output_cap: int) -> int:

@@ -8,6 +8,7 @@ import structlog
 from aiohttp import web
 
 from ..auth import KeyRing, Quota
+from ..auth.keyring import server_secret
 from ..backends.backend import Backend
 from ..backends.docker.engine import DockerBackend
 from ..backends.docker.settings import runtime_check
@@ -16,6 +17,7 @@ from ..config import Config
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import Metrics
 from ..policy import PolicySet
+from ..sandbox_api.forwarding import SessionApi
 from ..sandbox_api.routes import MAX_RUN_BODY, sandbox_api
 from ..sessions import SessionManager
 from .keys import BACKEND, CATALOG, CONFIG, KEYRING, METRICS, POLICIES, ROOT_SEGMENTS, SESSIONS
@@ -81,9 +83,13 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
 
     async def sessions(app: web.Application) -> AsyncIterator[None]:
         app[SESSIONS] = manager = SessionManager(app[BACKEND], app[CATALOG], config, app[POLICIES], app[METRICS])
+        session_api = SessionApi(app, server_secret(config.state_dir))  # environments' sandboxes (max_sandboxes)
+        await session_api.start()
+        manager.lifecycle.session_api = session_api.link
         await manager.start(ENGINE_WATCH_INTERVAL)  # labels are the state: serve again or remove what was left
         yield
         await manager.close(timeout=config.shutdown_timeout)
+        await session_api.close()
 
     async def drain(app: web.Application) -> None:
         """Shutdown has begun: refuse new sessions while in-flight calls finish."""

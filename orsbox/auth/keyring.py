@@ -46,6 +46,9 @@ class Principal:
     key_id: str
     owner: str
     quota: Quota
+    # A session's environment creating sandboxes: the key its session counts against, and the session.
+    on_behalf_of: Principal | None = None
+    parent_session: str | None = None
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,8 @@ class AgentChannel:
         self._on_close: list[Callable[[], None]] = []
         self.closed = False
         self.broken: str | None = None
+        self.tunnels: Callable[[dict[str, Any]], None] | None = None  # takes tunnel frames (else refused)
+        self._sending: set[asyncio.Future[None]] = set()
         self._read_task = asyncio.create_task(self._read_loop())
 
     def on_close(self, callback: Callable[[], None]) -> None:
@@ -156,6 +158,28 @@ class AgentChannel:
         finally:
             if self._pending.pop(request_id, None) is not None and not future.done():
                 self._abandoned.append(request_id)
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        """Send a frame that is no request (a tunnel's); AgentGone if the channel is closed."""
+        if self.closed:
+            raise AgentGone(self.gone_reason)
+        try:
+            self._writer.write(wire.encode(frame))
+            await self._writer.drain()
+        except (ConnectionError, OSError) as exc:
+            raise AgentGone(f"the sandbox's agent is gone: {exc}") from exc
+
+    def send_soon(self, frame: dict[str, Any]) -> None:
+        """`send` in the background (from the read loop, which must not wait); lost if the agent is gone."""
+        task = asyncio.ensure_future(self._send_quietly(frame))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send_quietly(self, frame: dict[str, Any]) -> None:
+        try:
+            await self.send(frame)
+        except AgentGone:
+            pass
 
     async def close(self) -> None:
         self._read_task.cancel()
@@ -193,6 +217,12 @@ class AgentChannel:
         return wire.decode(line)
 
     def _deliver(self, frame: dict[str, Any]) -> None:
+        if "tunnel" in frame:
+            if self.tunnels is not None:
+                self.tunnels(frame)
+            elif frame.get("open") is True and type(frame["tunnel"]) is int:  # none (yet: adoption links later)
+                self.send_soon({"tunnel": frame["tunnel"], "close": True})
+            return
         request_id = frame.get("id")
         if type(request_id) is not int:
             raise ProtocolViolation("it sent a frame without a request id")

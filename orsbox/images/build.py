@@ -4,6 +4,8 @@ An environment image is every directory ``images/<name>/`` that holds a ``Docker
 built with ``BASE_IMAGE`` set to the exact base tag, from a copy with its wheels
 vendored when it has a ``requirements.txt`` (vendoring.py), and without network unless its
 ``build.toml`` asks for it and the operator agrees (``orsbox build --allow-network NAME``).
+Its per-task images (``images/<name>/tasks/<task>/Dockerfile``: the images of the openreward sandboxes
+its tasks ask for) are built right after it, on the same base, as ``orsbox/<name>-<task>``.
 """
 
 from __future__ import annotations
@@ -67,7 +69,23 @@ def build_images(
         for name in envs:
             results.append(_ensure_env(engine, images_dir / name, name, base, force=force,
                                        progress=progress, allow_network=name in allow_network))
+            for task, context in task_images(images_dir / name):
+                results.append(_ensure_env(engine, context, f"{name}-{task}", base, force=force,
+                                           progress=progress, allow_network=False))
     return results
+
+
+def task_images(context: Path) -> list[tuple[str, Path]]:
+    """An image folder's per-task images: (task, folder) for each ``tasks/<task>/Dockerfile``, sorted."""
+    tasks = context / "tasks"
+    if not tasks.is_dir():
+        return []
+    found = sorted((entry.name, entry) for entry in tasks.iterdir() if (entry / "Dockerfile").is_file())
+    for task, _ in found:
+        if not _NAME_RE.match(task):
+            raise ImageBuildError(f"task image folder {tasks / task} is not a valid image name part "
+                                  "(lowercase letters and digits, with . _ - between them)")
+    return found
 
 
 def build_network(context: Path, name: str, *, allowed: bool) -> bool:

@@ -128,6 +128,8 @@ class SandboxPolicy(BaseModel):
     max_starting: int | None = Field(None, ge=1, description="containers of this environment started at once")
     fork_max_bytes: Bytes = Field(256 * 1024**2, description="bytes of files (as tar) a session may have to be "
                                   "copied by /fork")
+    max_sandboxes: int = Field(0, ge=0, le=64, description="openreward sandboxes a session's environment may "
+                               "have at once, through the sandbox API on its loopback (0: no sandbox API)")
     # warm pool
     pool_min: int = Field(0, ge=0, le=256, description="containers kept started and waiting for a session (0: none)")
     pool_max: int | None = Field(None, ge=0, le=256, description="the pool grows toward this while creates find it "

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import structlog
 
-from ..agent.wire import Method
+from ..agent.wire import SESSION_API, Method
 from ..backends.backend import Backend, Sandbox, SandboxSpec
+from ..backends.channel import AgentChannel
 from ..config import Config
 from ..errors import OrsboxError, SetupFailed
 from ..metrics import Metrics
@@ -23,7 +25,7 @@ from .binding import Binder
 from .forks import give_snapshot
 from .pool import Pool
 from .registry import Registry
-from .session import Session, State
+from .session import Session, State, sandbox_owner
 from .tasks import Tasks
 
 log = structlog.get_logger()
@@ -41,6 +43,8 @@ class Lifecycle:
         self.config = config
         self.closing = False  # shutdown has begun: agents dying now are not reported as gone
         self.ending: set[str] = set()  # sandboxes (ref ids) of sessions being ended: not orphans to the sweep
+        # Serves the sandbox API to a session's environment over its channel; gives the key (sandbox_api/forwarding.py).
+        self.session_api: Callable[[Session, AgentChannel], str] | None = None
 
     def begin(self, session: Session, secrets: dict[str, str]) -> None:
         """Register `session` and start its sandbox in the background."""
@@ -61,6 +65,9 @@ class Lifecycle:
                 params: dict[str, object] = {"task": session.task, "secrets": secrets}
                 if session.sandbox_setup is not None:
                     params["sandbox"] = session.sandbox_setup
+                token = self._link_session_api(session, sandbox.channel)
+                if token is not None:
+                    params[SESSION_API] = {"token": token}
                 if binding is not None:
                     params["binding"] = binding
                 if session.fork is not None:  # a copy: the source's task, files and state
@@ -116,7 +123,14 @@ class Lifecycle:
         """A session adopted from a previous run: registered, and ended if its agent goes."""
         assert session.channel is not None
         session.channel.on_close(lambda: self._agent_gone(session))
+        self._link_session_api(session, session.channel)
         self.registry.add(session)
+
+    def _link_session_api(self, session: Session, channel: AgentChannel) -> str | None:
+        """The environment's key for the sandbox API, if its policy gives it sandboxes (else None)."""
+        if self.session_api is None or session.is_sandbox or not session.env.policy.max_sandboxes:
+            return None
+        return self.session_api(session, channel)
 
     async def end(self, session: Session, reason: str) -> None:
         """End `session` once; concurrent callers wait for the same teardown."""
@@ -143,6 +157,9 @@ class Lifecycle:
                 await channel.call(Method.TEARDOWN, timeout=self.config.teardown_timeout)
             except OrsboxError as exc:
                 log.warning("teardown_failed", error=exc.detail)
+        owner = sandbox_owner(session.owner, session.id)  # the sandboxes its environment made end with it
+        await asyncio.gather(*(self.end(s, "the session that made it ended")
+                               for s in list(self.registry.live.values()) if s.owner == owner))
         await self._release(session)
         self.pool.refill_all()  # the room it leaves may be the pool's again
         log.info("session_ended", reason=reason, seconds=round(time.monotonic() - started, 3))

@@ -19,7 +19,7 @@ from ..auth.keyring import server_secret
 from ..backends.backend import Backend
 from ..catalog import Catalog, EnvironmentInfo
 from ..config import Config
-from ..errors import BadRequest, NotReady, ShuttingDown, TooManySessions
+from ..errors import BadRequest, NotReady, SessionGone, ShuttingDown, TooManySessions
 from ..metrics import Metrics
 from ..policy import PolicySet
 from ..protocol import JSONObject, Secret
@@ -122,7 +122,7 @@ class SessionManager:
         env, task = env.for_task(task)  # a Harbor task: its own image and resources (400 past the policy's caps)
         given = secrets_for_session(secrets or {}, env.policy, client_keys=client_keys)
         self._admit(sid, env, principal)
-        session = Session(id=sid, env=env, task=dict(task), owner=principal.owner)
+        session = Session(id=sid, env=env, task=dict(task), owner=principal.owner, key_quota=principal.quota)
         self.lifecycle.begin(session, given)
         log.info("session_created", session_id=sid, env=env.name, task_id=task.get("id"), key=principal.key_id)
         self.metrics.created.labels(env.name, "ors").inc()
@@ -133,9 +133,12 @@ class SessionManager:
         """Register an openreward sandbox of `env` (its image and sized policy) and start it in the background."""
         if self.lifecycle.closing:
             raise ShuttingDown()
+        if principal.parent_session is not None and principal.parent_session not in self.registry.live:
+            raise SessionGone("the session whose environment asks for this sandbox has ended")
         self._admit(sid, env, principal)
+        key_owner = principal.on_behalf_of.owner if principal.on_behalf_of is not None else None
         session = Session(id=sid, env=env, task={}, owner=principal.owner, sandbox_setup=setup,
-                          sandbox_request=request)
+                          sandbox_request=request, key_owner=key_owner)
         self.lifecycle.begin(session, {})
         log.info("sandbox_created", session_id=sid, env=env.name, image=env.image.tags[0][:200], key=principal.key_id)
         self.metrics.created.labels(env.name, "sandbox").inc()

@@ -60,7 +60,15 @@ class Registry:
 
     def _admit_for_key(self, principal: Principal) -> None:
         quota = principal.quota
-        owned = sum(s.owner == principal.owner for s in self.live.values())
+        if principal.parent_session is not None:  # an environment's sandboxes: its own limit, then its key's
+            owned = sum(s.owner == principal.owner for s in self.live.values())
+            if quota.max_sessions is not None and owned >= quota.max_sessions:
+                raise TooManySessions(f"this session is at its limit of {quota.max_sessions} sandboxes (its "
+                                      "policy's max_sandboxes); stop one or retry later", limit="session_sandboxes")
+            if principal.on_behalf_of is not None:
+                self._admit_for_key(principal.on_behalf_of)
+            return
+        owned = sum(s.counts_against == principal.owner for s in self.live.values())  # sandboxes of its sessions too
         if quota.max_sessions is not None and owned >= quota.max_sessions:
             raise TooManySessions(f"this API key is at its limit of {quota.max_sessions} live sessions; "
                                   "end one or retry later", limit="key_sessions")

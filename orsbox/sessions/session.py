@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import time
 from dataclasses import dataclass, field
 
+from ..auth import Quota
 from ..backends.backend import Sandbox
 from ..backends.channel import AgentChannel
 from ..catalog import EnvironmentInfo
@@ -48,6 +50,8 @@ class Session:
     sandbox_request: str | None = None  # an openreward sandbox's request, as labelled on its container (else None)
     sandbox_setup: JSONObject | None = None  # a new sandbox's {"env", "workdir"} for its agent's setup
     end_task: asyncio.Task[None] | None = None
+    key_owner: str | None = None  # the API key's owner a sandbox of an environment counts against (else: owner)
+    key_quota: Quota | None = None  # an ORS session's: the quota of the key that created it
     fork: Snapshot | None = None  # a copy made by /fork: the source's files and state, until its setup took them
 
     @property
@@ -68,6 +72,11 @@ class Session:
         """An openreward sandbox (POST /create_sandbox), not an ORS session."""
         return self.sandbox_request is not None
 
+    @property
+    def counts_against(self) -> str:
+        """The owner whose key quota this session counts against."""
+        return self.key_owner or self.owner
+
     def touch(self) -> None:
         self.last_active = time.monotonic()
 
@@ -79,3 +88,9 @@ class Session:
 
     def log_context(self) -> dict[str, str]:
         return {"session_id": self.id, "env": self.env.name}
+
+
+def sandbox_owner(owner: str, sid: str) -> str:
+    """The owner of the sandboxes the environment of session `sid` (of `owner`) creates: no API key's
+    owner (those are HMACs of keys under the server's secret), and no other session's."""
+    return "s" + hashlib.sha256(f"{owner}/{sid}".encode()).hexdigest()[:31]

@@ -13,11 +13,23 @@ It answers `hello` and `setup` as a real agent does (so the session becomes read
     bad_error    an error frame whose error is not {type, message}
     no_id        a frame without a request id
     wrong_types  prompt answered with a number, call_tool with a list (well-formed frames, wrong answers)
+
+and, for an environment given the sandbox API (tunnel frames, see orsbox/agent/wire.py):
+
+    tunnel_number  a tunnel frame whose number is not one
+    tunnel_kind    a tunnel frame that is neither open, data nor close
+    tunnel_twice   the same tunnel opened twice
+    tunnel_base64  data that is not base64
+    tunnel_big     data of more than a piece (64 KiB)
+    tunnel_many    40 tunnels opened: answers the call with the numbers the server closed at once
+    tunnel_http    one HTTP request through a tunnel, with the key setup gave it, for the call's
+                   `path`, `sid` and `key` ("" means its own): answers the call with the status line
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import socket
@@ -30,6 +42,55 @@ DIAL_INTERVAL = 0.05  # s between dials while the server does not listen
 
 def answer(conn: socket.socket, frame: dict[str, Any]) -> None:
     conn.sendall(json.dumps(frame).encode() + b"\n")
+
+
+def text_result(conn: socket.socket, request_id: int, text: str) -> None:
+    output = {"blocks": [{"type": "text", "text": text, "detail": None}], "reward": None, "finished": False,
+              "metadata": None}
+    answer(conn, {"id": request_id, "result": {"ok": True, "output": output}})
+
+
+def tunnel_frames(lines: Any, until: Any) -> list[dict[str, Any]]:
+    """Frames read until `until(frames)` holds (tunnel frames from the server)."""
+    frames: list[dict[str, Any]] = []
+    while not until(frames):
+        frames.append(json.loads(next(lines)))
+    return frames
+
+
+def tunnel(conn: socket.socket, lines: Any, mode: str, request: dict[str, Any], token: str) -> None:
+    request_id = request["id"]
+    if mode == "tunnel_number":
+        answer(conn, {"tunnel": "x", "open": True})
+    elif mode == "tunnel_kind":
+        answer(conn, {"tunnel": 1})
+    elif mode == "tunnel_twice":
+        answer(conn, {"tunnel": 1, "open": True})
+        answer(conn, {"tunnel": 1, "open": True})
+    elif mode == "tunnel_base64":
+        answer(conn, {"tunnel": 1, "open": True})
+        answer(conn, {"tunnel": 1, "data": "!!not base64!!"})
+    elif mode == "tunnel_big":
+        answer(conn, {"tunnel": 1, "open": True})
+        answer(conn, {"tunnel": 1, "data": base64.b64encode(b"x" * 100_000).decode()})
+    elif mode == "tunnel_many":
+        for number in range(1, 41):
+            answer(conn, {"tunnel": number, "open": True})
+        frames = tunnel_frames(lines, lambda frames: len(frames) >= 8)
+        text_result(conn, request_id, ",".join(str(f["tunnel"]) for f in frames if f.get("close")))
+    elif mode == "tunnel_http":
+        given = request["params"]["input"]
+        head = (f"POST {given['path']} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"X-Session-ID: {given['sid']}\r\nX-API-Key: {given['key'] or token}\r\n"
+                "Content-Length: 2\r\n\r\n{}")
+        answer(conn, {"tunnel": 7, "open": True})
+        answer(conn, {"tunnel": 7, "data": base64.b64encode(head.encode()).decode()})
+        received = b""
+        while b"\r\n" not in received:
+            frame = json.loads(next(lines))
+            received += base64.b64decode(frame.get("data", ""))
+        answer(conn, {"tunnel": 7, "close": True})
+        text_result(conn, request_id, received.split(b"\r\n")[0].decode())
 
 
 def misbehave(conn: socket.socket, mode: str, request: dict[str, Any]) -> None:
@@ -68,6 +129,7 @@ def dial(path: str) -> socket.socket:
 
 def serve(mode: str, path: str) -> None:
     conn = dial(path)
+    token = ""
     with conn, conn.makefile("rb") as lines:
         for line in lines:
             request = json.loads(line)
@@ -76,10 +138,16 @@ def serve(mode: str, path: str) -> None:
                 answer(conn, {"id": request["id"], "result": {
                     "protocol": 1, "state": "new", "pid": os.getpid(), "python": "3", "environment": "hostile"}})
             elif method in ("setup", "teardown"):
+                token = (request["params"].get("session_api") or {}).get("token", token)
                 answer(conn, {"id": request["id"], "result": {}})
+            elif "tunnel" in request:
+                continue
             else:
                 try:
-                    misbehave(conn, mode, request)
+                    if mode.startswith("tunnel_"):
+                        tunnel(conn, lines, mode, request, token)
+                    else:
+                        misbehave(conn, mode, request)
                 except OSError:  # the server dropped us
                     return
 

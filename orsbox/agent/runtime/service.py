@@ -25,6 +25,7 @@ from ..authoring.environment import Environment, call_maybe_async
 from ..authoring.toolsets import ShellTools
 from ..wire import ErrorType, Method, WireError
 from .forking import Forks
+from .forwarder import Forwarder
 from .processes import RUNNER
 from .procfs import kill_processes
 from .sandbox import Sandbox
@@ -133,6 +134,7 @@ class Agent:
         self._setup_lock = asyncio.Lock()
         # `--entrypoint sandbox`: no Environment, the sandbox methods (runtime/sandbox.py)
         self.sandbox = Sandbox(RUNNER, enabled=entrypoint == wire.SANDBOX_ENTRYPOINT)
+        self.forwarder = Forwarder()  # the sandbox API on a loopback port, when setup gives one
         self.handlers: Dict[str, Handler] = {
             Method.HELLO: self.hello,
             Method.SETUP: self.setup,
@@ -194,8 +196,10 @@ class Agent:
                     self.sandbox.configure(params.get("sandbox"))
                     self.state = "ready"
                     return {}
+                secrets = dict(params.get("secrets") or {})
+                await self._session_api(params.get(wire.SESSION_API), secrets)
                 cls = self._environment_class or load_environment_class(self.entrypoint)
-                env = cls(params.get("task") or {}, params.get("secrets") or {})
+                env = cls(params.get("task") or {}, secrets)
                 fork = params.get("fork")
                 if isinstance(fork, dict):  # a copy of another session: its files, then its state
                     await self.forks.unpack(fork.get("sha256"))
@@ -209,6 +213,18 @@ class Agent:
                 raise WireError(ErrorType.SETUP_FAILED, self.setup_error) from None
             self.env, self.state = env, "ready"
             return {}
+
+    async def _session_api(self, given: Any, secrets: Dict[str, Any]) -> None:
+        """Give the environment openreward's sandbox API (loopback, its own key), if the server offers it:
+        in OPENREWARD_SESSION_URL and OPENREWARD_API_KEY, and as the `api_key` secret unless one was sent."""
+        if given is None:
+            return
+        token = given.get("token") if isinstance(given, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ValueError("session_api needs a token")
+        await self.forwarder.start(token)
+        for name in ("api_key", "OPENREWARD_API_KEY"):
+            secrets.setdefault(name, token)
 
     async def fork_export(self, params: Dict[str, Any]) -> Dict[str, Any]:
         """The environment's state (its `fork_state()`), its task, and its files packed for copies."""
@@ -283,6 +299,7 @@ class Agent:
             raise WireError(ErrorType.ENVIRONMENT_ERROR, "%s: %s" % (type(exc).__name__, exc)) from None
         finally:
             self.sandbox.close()
+            self.forwarder.close()
             kill_processes(RUNNER.limits.uid)  # the session's command user: its persistent shells too
         return {}
 
@@ -291,6 +308,11 @@ class Agent:
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         write_lock = asyncio.Lock()
         tasks: Set[asyncio.Task[None]] = set()
+
+        async def send(frame: Dict[str, Any]) -> None:
+            async with write_lock:
+                writer.write(wire.encode(frame))
+                await writer.drain()
 
         async def answer(frame: Dict[str, Any]) -> None:
             reply: Dict[str, Any] = {"id": frame.get("id")}
@@ -306,6 +328,7 @@ class Agent:
                 writer.write(data)
                 await writer.drain()
 
+        self.forwarder.attach(send)
         try:
             while True:
                 line = await reader.readline()
@@ -317,12 +340,16 @@ class Agent:
                     async with write_lock:
                         writer.write(wire.encode({"id": None, "error": exc.to_json()}))
                     continue
+                if "tunnel" in frame:  # bytes for a forwarded connection: in order, at once
+                    self.forwarder.receive(frame)
+                    continue
                 task = asyncio.ensure_future(answer(frame))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         except (ConnectionError, ValueError, asyncio.LimitOverrunError) as exc:
             log("connection_dropped", error=repr(exc))
         finally:
+            self.forwarder.detach()
             writer.close()
 
 
