@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--name", default="", help="what the key is for (shown by list)")
     add.add_argument("--max-sessions", type=int, help="live sessions at most for this key")
     add.add_argument("--starts-per-minute", type=int, help="new sessions per minute at most for this key")
+    add.add_argument("--admin", action="store_true",
+                     help="an operator key: the admin API, /metrics and orsbox ps|inspect|rm|logs|events|top")
     keys_commands.add_parser("list", help="the keys: id, name, created, quotas (never the keys)")
     revoke = keys_commands.add_parser("revoke", help="remove a key by its id; its requests get 401 within a second")
     revoke.add_argument("key_id", help="the key's id (the 8 hex digits after osk_)")
@@ -205,7 +207,8 @@ def keys_command(args: argparse.Namespace) -> int:
     config = Config.from_env(state_dir=args.state_dir, keys_file=args.keys_file)
     keys = KeyFile(config.key_file_path)
     if args.keys_command == "add":
-        record, key = new_key(args.name, max_sessions=args.max_sessions, starts_per_minute=args.starts_per_minute)
+        record, key = new_key(args.name, max_sessions=args.max_sessions, starts_per_minute=args.starts_per_minute,
+                              admin=args.admin)
         keys.add(record)
         print(key)
         print(f"added key {record.id} to {keys.path}; this is the only time it is shown", file=sys.stderr)
@@ -222,7 +225,7 @@ def keys_command(args: argparse.Namespace) -> int:
     for record in records:
         shown = describe(record)
         quotas = f"max_sessions={shown['max_sessions'] or '-'} starts_per_minute={shown['starts_per_minute'] or '-'}"
-        print(f"{record.id}  {shown['created']}  {quotas}  {record.name}")
+        print(f"{record.id}  {shown['created']}  {record.role:6}  {quotas}  {record.name}")
     return 0
 
 

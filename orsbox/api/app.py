@@ -32,7 +32,8 @@ def keyring(config: Config) -> KeyRing:
     ring, generated = KeyRing.open(
         state_dir=config.state_dir, env_keys=[key.get_secret_value() for key in config.api_keys],
         key_file=config.key_file_path, required=config.auth,
-        default_quota=Quota(config.key_max_sessions, config.key_starts_per_minute))
+        default_quota=Quota(config.key_max_sessions, config.key_starts_per_minute),
+        admin_keys=[key.get_secret_value() for key in config.admin_keys])
     if generated is not None:
         log.warning("api_key_generated", file=str(generated),
                     hint=f"no API key was configured: clients send the one in {generated} as X-API-Key")
@@ -42,7 +43,7 @@ def keyring(config: Config) -> KeyRing:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics (needs an API key like every route but /health)."""
+    """Prometheus metrics (needs an operator key while authentication is on, as the admin API does)."""
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
