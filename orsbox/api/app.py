@@ -18,6 +18,7 @@ from ..metrics import Metrics
 from ..policy import PolicySet
 from ..sandbox_api.routes import MAX_RUN_BODY, sandbox_api
 from ..sessions import SessionManager
+from .admin import admin_api
 from .keys import BACKEND, CATALOG, CONFIG, KEYRING, METRICS, POLICIES, SESSIONS
 from .middleware import authenticate, errors_to_http, redirect_bare_paths, request_context
 from .routes import api
@@ -57,6 +58,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app[METRICS] = Metrics()
     app.add_routes(api.routes)
     app.add_routes(sandbox_api.routes)
+    app.add_routes(admin_api.routes)
     app.router.add_get("/metrics", metrics)
 
     async def sandbox(app: web.Application) -> AsyncIterator[None]:

@@ -18,6 +18,7 @@ from ..backends.backend import Backend, SandboxSpec
 from ..config import Config
 from ..errors import OrsboxError, SetupFailed
 from ..metrics import Metrics
+from .events import EventLog
 from .registry import Registry
 from .session import Session, State
 from .tasks import Tasks
@@ -26,7 +27,9 @@ log = structlog.get_logger()
 
 
 class Lifecycle:
-    def __init__(self, backend: Backend, registry: Registry, tasks: Tasks, config: Config, metrics: Metrics) -> None:
+    def __init__(self, backend: Backend, registry: Registry, tasks: Tasks, config: Config, metrics: Metrics,
+                 events: EventLog | None = None) -> None:
+        self.events = events or EventLog()
         self.backend = backend
         self.metrics = metrics
         self.registry = registry
@@ -65,6 +68,7 @@ class Lifecycle:
             session.state = State.READY
             session.touch()  # the idle clock starts when the session can be used
             log.info("session_ready", seconds=round(time.monotonic() - started, 3))
+            self.events.emit(session, "ready", seconds=round(time.monotonic() - started, 3))
             self.metrics.setup.labels(session.env.name).observe(time.monotonic() - started)
         finally:
             session.settled.set()
@@ -77,6 +81,7 @@ class Lifecycle:
             error = SetupFailed(f"{type(error).__name__}: {error.detail}")
         session.state, session.error = State.FAILED, error
         log.warning("session_setup_failed", error=error.detail)
+        self.events.emit(session, "setup_failed", error=str(error.detail)[:500])
         self.tasks.spawn(self._release(session), session)
 
     def adopted(self, session: Session) -> None:
@@ -84,6 +89,7 @@ class Lifecycle:
         assert session.channel is not None
         session.channel.on_close(lambda: self._agent_gone(session))
         self.registry.add(session)
+        self.events.emit(session, "adopted", env=session.env.name, age=round(time.monotonic() - session.created, 1))
 
     async def end(self, session: Session, reason: str) -> None:
         """End `session` once; concurrent callers wait for the same teardown."""
@@ -111,6 +117,7 @@ class Lifecycle:
         await self._release(session)
         log.info("session_ended", reason=reason, seconds=round(time.monotonic() - started, 3))
         self.metrics.session_ended(session.env.name, reason)
+        self.events.emit(session, "ended", reason=reason[:500])
 
     async def _release(self, session: Session) -> None:
         """Remove the session's sandbox, once its start (if one is still running) has finished."""

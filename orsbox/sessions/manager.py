@@ -16,12 +16,13 @@ from ..auth import Principal
 from ..backends.backend import Backend
 from ..catalog import Catalog, EnvironmentInfo
 from ..config import Config
-from ..errors import BadRequest, NotReady, ShuttingDown, TooManySessions
+from ..errors import BadRequest, NotFound, NotReady, ShuttingDown, TooManySessions
 from ..metrics import Metrics
 from ..policy import PolicySet
 from ..protocol import JSONObject, Secret
 from .adoption import Adoption
 from .calls import Calls, channel_of
+from .events import EventLog
 from .lifecycle import Lifecycle
 from .reaper import Reaper
 from .registry import Registry
@@ -42,8 +43,9 @@ class SessionManager:
         self.config = config
         self.tasks = Tasks()
         self.registry = Registry(config)
-        self.lifecycle = Lifecycle(backend, self.registry, self.tasks, config, metrics)
-        self.calls = Calls(self.registry, self.tasks, config, metrics)
+        self.events = EventLog(inputs=config.event_inputs)
+        self.lifecycle = Lifecycle(backend, self.registry, self.tasks, config, metrics, self.events)
+        self.calls = Calls(self.registry, self.tasks, config, metrics, self.events)
         self.reaper = Reaper(backend, self.registry, self.lifecycle, config, metrics)
         metrics.watch_sessions(lambda: [(s.env.name, s.state.value) for s in self.registry.live.values()])
         self.adoption = Adoption(backend, catalog, self.registry, self.lifecycle, config, policies)
@@ -111,6 +113,7 @@ class SessionManager:
         self.lifecycle.begin(session, given)
         log.info("session_created", session_id=sid, env=env.name, task_id=task.get("id"), key=principal.key_id)
         self.metrics.created.labels(env.name, "ors").inc()
+        self.events.created(session, kind="ors", key=principal.key_id)
         return session
 
     def create_sandbox(self, sid: str, principal: Principal, env: EnvironmentInfo, setup: JSONObject,
@@ -124,6 +127,7 @@ class SessionManager:
         self.lifecycle.begin(session, {})
         log.info("sandbox_created", session_id=sid, env=env.name, image=env.image.tags[0][:200], key=principal.key_id)
         self.metrics.created.labels(env.name, "sandbox").inc()
+        self.events.created(session, kind="sandbox", key=principal.key_id)
         return session
 
     def start_request(self, session: Session, method: str, params: JSONObject, *, label: str) -> CallRecord:
@@ -166,6 +170,13 @@ class SessionManager:
         session = self.registry.owned(sid, owner)
         if session is not None:
             await self.lifecycle.end(session, "deleted by the client")
+
+    async def end_by_operator(self, sid: str, reason: str) -> None:
+        """End the live session `sid`, whoever owns it (the admin API); 404 if there is none."""
+        session = self.registry.live.get(sid)
+        if session is None:
+            raise NotFound(f"no live session {sid[:200]!r}")
+        await self.lifecycle.end(session, f"ended by the operator: {reason}" if reason else "ended by the operator")
 
     async def delete_sandbox(self, sid: str, owner: str) -> None:
         """End the openreward sandbox `sid` if it is live and `owner`'s (ORS sessions end by /delete only)."""
