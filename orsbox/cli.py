@@ -1,5 +1,6 @@
 """The `orsbox` command: `serve` the ORS API, `build` environment images, list `envs`, `policy explain|check`,
-`keys add|list|revoke`, `config show`.
+`keys add|list|revoke`, `config show`, `doctor`, and over a running server's admin API (`admin_cli.py`)
+`ps|inspect|rm|logs|events|top`.
 
 Logging is configured here and nowhere else: `serve` logs at info; `build`, `envs` and `policy` print
 their results on stdout and log only warnings and errors, unless `--log-level` says otherwise.
@@ -17,7 +18,7 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from . import __version__
+from . import __version__, admin_cli
 from .config import Config
 from .errors import OrsboxError
 from .instance import InstanceLock
@@ -26,6 +27,7 @@ from .log import configure_logging
 log = structlog.get_logger()
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
+ADMIN_COMMANDS = frozenset({"ps", "inspect", "rm", "logs", "events", "top"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     for sub in (explain, check):
         sub.add_argument("--policies", type=Path, dest="policies_dir", help="policy folder (env ORSBOX_POLICIES)")
 
+    admin_cli.add_commands(commands)
+    doctor = commands.add_parser("doctor", help="check this host for orsbox serve: engine, runtimes, cgroups, "
+                                 "iptables, disk, images, port (OK/FAIL, with what to do)",
+                                 parents=[logging_options, config_option])
+    doctor.add_argument("--state-dir", type=Path, help="(env ORSBOX_STATE_DIR)")
+    doctor.add_argument("--policies", type=Path, dest="policies_dir", help="policy folder (env ORSBOX_POLICIES)")
+    doctor.add_argument("--port", type=int, help="the port serve will use (env ORSBOX_PORT)")
+
     args = parser.parse_args(argv)
     configure_logging(args.log_level or ("info" if args.command == "serve" else "warning"))
     try:
@@ -124,6 +134,14 @@ def main(argv: list[str] | None = None) -> int:
             return keys_command(args)
         if args.command == "config":
             return config_command(args)
+        if args.command in ADMIN_COMMANDS:
+            settings = Config.from_env()
+            host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+            return admin_cli.run(args, f"http://{f'[{host}]' if ':' in host else host}:{settings.port}")
+        if args.command == "doctor":
+            from .doctor import doctor_command
+            return doctor_command(Config.from_env(args.config_file, state_dir=args.state_dir,
+                                                  policies_dir=args.policies_dir, port=args.port))
         return build_command(args)
     except OrsboxError as exc:
         print(f"orsbox: {exc.detail}", file=sys.stderr)

@@ -7,7 +7,8 @@ one, its container's logs, and the session events (`sessions/events.py`) as SSE 
     POST /admin/sessions/{sid}/end       {"reason": "..."}
     GET  /admin/sessions/{sid}/logs      ?tail= lines (text/plain, at most LOG_BYTES)
     GET  /admin/sessions/{sid}/events    SSE with ids; Last-Event-ID (or ?after=) replays what came after it,
-                                         then live until the session ends; a WebSocket upgrade gets the same
+                                         then live until the session ends (?follow=0: only the replay);
+                                         a WebSocket upgrade gets the same
     GET  /admin/events                   the same, server-wide, never ending
 """
 
@@ -182,18 +183,19 @@ async def admin_openapi(x: Exchange[None]) -> dict[str, Any]:
 
 async def _events(x: Exchange[None], sid: str | None) -> web.StreamResponse:
     last_id = _last_event_id(x.request)
+    live = x.request.query.get("follow") != "0"
     log, config = x.app[SESSIONS].events, x.app[CONFIG]
     ws = web.WebSocketResponse(heartbeat=config.keepalive)
     if ws.can_prepare(x.request).ok:
-        return await _over_websocket(x.request, ws, log, sid, last_id, config.keepalive)
+        return await _over_websocket(x.request, ws, log, sid, last_id, config.keepalive, live)
     stream = EventStream(x.request, config.keepalive, config.sse_write_timeout)
     try:
         await stream.open()
-        async for item in log.follow(sid, last_id, config.keepalive):
+        async for item in log.follow(sid, last_id, config.keepalive, live=live):
             if item is None:
                 await stream.ping()
             elif isinstance(item, Lost):
-                await stream.send("lost", compact_json(dataclasses.asdict(item)), event_id=item.until)
+                await stream.send("lost", compact_json(_lost(item)), event_id=item.until)
             else:
                 await stream.send(item.kind, compact_json(item.as_json()), event_id=item.id)
         return await stream.close()
@@ -202,17 +204,17 @@ async def _events(x: Exchange[None], sid: str | None) -> web.StreamResponse:
 
 
 async def _over_websocket(request: web.Request, ws: web.WebSocketResponse, log: EventLog, sid: str | None,
-                          last_id: int | None, keepalive: float) -> web.WebSocketResponse:
+                          last_id: int | None, keepalive: float, live: bool) -> web.WebSocketResponse:
     """Each event as a JSON text message ({"id", "time", "session_id", "event", "data"}; a loss as
     {"event": "lost", ...}); closed when the session ends or the client goes."""
     await ws.prepare(request)
 
     async def send() -> None:
-        async for item in log.follow(sid, last_id, keepalive):
+        async for item in log.follow(sid, last_id, keepalive, live=live):
             if isinstance(item, Event):
                 await ws.send_str(compact_json(item.as_json()))
             elif isinstance(item, Lost):
-                await ws.send_str(compact_json({"id": item.until, "event": "lost", "data": dataclasses.asdict(item)}))
+                await ws.send_str(compact_json(_lost(item)))
 
     sender = asyncio.create_task(send())
     reader = asyncio.create_task(_until_closed(ws))
@@ -249,6 +251,12 @@ def summary(session: Session, events: EventLog) -> SessionSummary:
         age=round(now - session.created, 3), last_used=round(wall - (now - session.last_active), 3),
         calls=trail.calls if trail is not None else 0, running_calls=session.running_calls,
         container=sandbox.ref.name if sandbox is not None else None)
+
+
+def _lost(lost: Lost) -> dict[str, Any]:
+    """A loss, shaped as an event: its id is the last one lost, so a reconnect after it resumes past them."""
+    return {"id": lost.until, "time": time.time(), "session_id": None, "event": "lost",
+            "data": dataclasses.asdict(lost)}
 
 
 def _live(x: Exchange[None]) -> Session:

@@ -186,10 +186,10 @@ class EventLog:
             lost = Lost(ring.dropped_until, ring.dropped_until - last_id if sid is None else None)
         return lost, events, trail.ended if trail is not None else False
 
-    async def follow(self, sid: str | None, last_id: int | None,
-                     keepalive: float) -> AsyncIterator[Event | Lost | None]:
-        """The events after `last_id`, then each new one as it comes; None every `keepalive` s without one.
-        A session's stream ends after its `ended` event."""
+    async def follow(self, sid: str | None, last_id: int | None, keepalive: float, *,
+                     live: bool = True) -> AsyncIterator[Event | Lost | None]:
+        """The events after `last_id`, then (if `live`) each new one as it comes; None every `keepalive` s
+        without one. A session's stream ends after its `ended` event."""
         while True:
             lost, events, ended = self.since(sid, last_id)
             if lost is not None:
@@ -200,7 +200,7 @@ class EventLog:
                 last_id = events[-1].id
             elif last_id is None:
                 last_id = self.last_id
-            if ended:
+            if ended or not live:
                 return
             if self._changed is None:
                 self._changed = asyncio.get_running_loop().create_future()
