@@ -188,11 +188,11 @@ def event_line(event: str, data: dict[str, Any]) -> str:
     if event == "lost":
         lost = data.get("data", {})
         count = lost.get("count")
-        return f"{'':26}  #{data.get('id')!s:<5}  {'-':36}  {'lost':13}  {count if count is not None else 'some'} " \
+        return f"{'':24}  #{data.get('id')!s:<5} {'-':36}  {'lost':13}  {count if count is not None else 'some'} " \
                "events were pushed out of the ring before this reader got them"
     when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(data["time"])) + f".{int(data['time'] % 1 * 1000):03d}Z"
     fields = " ".join(f"{name}={value}" for name, value in data["data"].items() if value is not None)
-    return f"{when:26}  #{data['id']:<5}  {data['session_id']:36}  {data['event']:13}  {fields}"
+    return f"{when}  #{data['id']:<5} {data['session_id']:36}  {data['event']:13}  {fields}".rstrip()
 
 
 def table(rows: list[list[str]], out: TextIO) -> None:

@@ -217,13 +217,14 @@ def _metadata(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def output_chars(value: Any, depth: int = 0) -> int:
-    """Characters of text in a result (its strings, four levels deep): its size, without serializing it."""
+    """Characters of text in a result (its strings but block types, four levels deep): its size, without
+    serializing it."""
     if isinstance(value, str):
         return len(value)
     if depth >= 4:
         return 0
     if isinstance(value, dict):
-        return sum(output_chars(item, depth + 1) for item in value.values())
+        return sum(output_chars(item, depth + 1) for key, item in value.items() if key != "type")
     if isinstance(value, list):
         return sum(output_chars(item, depth + 1) for item in value)
     return 0
