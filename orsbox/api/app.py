@@ -22,6 +22,7 @@ from .admin import admin_api
 from .keys import BACKEND, CATALOG, CONFIG, KEYRING, METRICS, POLICIES, SESSIONS
 from .middleware import authenticate, errors_to_http, redirect_bare_paths, request_context
 from .routes import api
+from .workspace import workspace_api
 
 log = structlog.get_logger()
 
@@ -59,6 +60,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app.add_routes(api.routes)
     app.add_routes(sandbox_api.routes)
     app.add_routes(admin_api.routes)
+    app.add_routes(workspace_api.routes)
     app.router.add_get("/metrics", metrics)
 
     async def sandbox(app: web.Application) -> AsyncIterator[None]:

@@ -22,7 +22,7 @@ ROOT_ROUTES = frozenset({
     "health", "version", "ping", "list_environments", "create", "create_session",
     "delete", "delete_session", "openapi.json", "docs",
     "create_sandbox", "run", "stat_file", "read_file", "write_file", "set_network",  # the sandbox API
-    "metrics", "admin",
+    "metrics", "admin", "workspace",
 })
 #: Paths only operator keys may use (client keys get 403).
 ADMIN_PATHS = ("/admin/", "/metrics")

@@ -18,6 +18,7 @@ Events carry names, sizes and durations only: never a tool's input (unless the o
     call_failed    tool, task_id, error
     timeout        tool, task_id: the call's process hit its time limit
     memory_kill    tool, task_id: the memory killer took one of its processes
+    workspace_download / workspace_upload   path, file, bytes (files): a transfer of /workspace files
     ended          reason
 """
 

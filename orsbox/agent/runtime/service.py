@@ -26,6 +26,7 @@ from ..wire import ErrorType, Method, WireError
 from .processes import RUNNER
 from .procfs import kill_processes
 from .sandbox import Sandbox
+from .transfer import Transfers
 
 
 def load_environment_class(entrypoint: str) -> Type[Environment]:
@@ -127,6 +128,7 @@ class Agent:
         self._setup_lock = asyncio.Lock()
         # `--entrypoint sandbox`: no Environment, the sandbox methods (runtime/sandbox.py)
         self.sandbox = Sandbox(RUNNER, enabled=entrypoint == wire.SANDBOX_ENTRYPOINT)
+        self.transfers = Transfers(RUNNER)  # /workspace in and out, in both modes
         self.handlers: Dict[str, Handler] = {
             Method.HELLO: self.hello,
             Method.SETUP: self.setup,
@@ -135,6 +137,7 @@ class Agent:
             Method.CALL_TOOL: self.call_tool,
             Method.TEARDOWN: self.teardown,
             **self.sandbox.handlers(),
+            **self.transfers.handlers(),
         }
 
     async def dispatch(self, frame: Dict[str, Any]) -> Any:
@@ -219,6 +222,7 @@ class Agent:
             raise WireError(ErrorType.ENVIRONMENT_ERROR, "%s: %s" % (type(exc).__name__, exc)) from None
         finally:
             self.sandbox.close()
+            self.transfers.close()
             kill_processes(RUNNER.limits.uid)  # the session's command user: its persistent shells too
         return {}
 
