@@ -1,22 +1,28 @@
-"""`orsbox ps|inspect|rm|logs|events|top`: Docker's commands, over a running server's admin API.
+"""`orsbox ps|inspect|rm|logs|events|top|cp`: Docker's commands, over a running server's admin API.
 
 They talk to `--url` (env ORSBOX_URL; default the configured host and port) with an operator key,
 `--key` or ORSBOX_ADMIN_KEY. Plain HTTP through urllib: nothing here needs the event loop.
 `orsbox events -f` follows the SSE stream and, if the connection drops, reconnects with the last
-id it printed as Last-Event-ID, so it shows every event once.
+id it printed as Last-Event-ID, so it shows every event once. `orsbox cp SESSION:PATH DEST` and
+`orsbox cp SRC SESSION:PATH` copy files and folders out of and into a session's /workspace.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import shutil
 import sys
+import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 URL_ENV, KEY_ENV = "ORSBOX_URL", "ORSBOX_ADMIN_KEY"
@@ -53,6 +59,10 @@ def add_commands(commands: Any) -> None:
     events.add_argument("--since", type=int, help="only events after this id")
     events.add_argument("--json", action="store_true", help="one JSON object a line")
     commands.add_parser("top", parents=[common], help="live CPU, memory and pids of every session's container")
+    cp = commands.add_parser("cp", parents=[common], help="copy files or folders out of or into a session's "
+                             "/workspace: SESSION:PATH DEST, or SRC SESSION:PATH (DEST - : a tar on stdout)")
+    cp.add_argument("source")
+    cp.add_argument("destination")
 
 
 def run(args: argparse.Namespace, default_url: str, out: TextIO = sys.stdout) -> int:
@@ -74,6 +84,8 @@ def run(args: argparse.Namespace, default_url: str, out: TextIO = sys.stdout) ->
             return 0
         if args.command == "events":
             return events(client, args, out)
+        if args.command == "cp":
+            return copy(client, args.source, args.destination, out)
         return top(client, out)
     except AdminError as exc:
         print(f"orsbox {args.command}: {exc}", file=sys.stderr)
@@ -105,6 +117,21 @@ class Client:
     def json(self, path: str, *, body: Any = None) -> Any:
         with self._open(path, body=body) as response:
             return json.loads(response.read())
+
+    def download(self, path: str, into: Any) -> None:
+        with self._open(path) as response:
+            shutil.copyfileobj(response, into, 1024 * 1024)
+
+    def upload(self, path: str, data: bytes) -> Any:
+        request = urllib.request.Request(self.url + path, data=data, method="PUT",
+                                         headers={"X-API-Key": self.key, "Content-Type": "application/octet-stream"})
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise AdminError(f"HTTP {exc.code}: {_detail(exc.read())}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise AdminError(f"no orsbox answers at {self.url} ({getattr(exc, 'reason', exc)})") from None
 
     def text(self, path: str) -> str:
         with self._open(path) as response:
@@ -181,6 +208,65 @@ def events(client: Client, args: argparse.Namespace, out: TextIO) -> int:
                 raise AdminError(str(exc)) from None
             print(f"orsbox events: {exc}; reconnecting after event {last_id}", file=sys.stderr)
             time.sleep(RECONNECT_PAUSE)
+
+
+def copy(client: Client, source: str, destination: str, out: TextIO) -> int:
+    """`docker cp` for /workspace: out of a session (a file as itself, a folder as a folder, `-` a tar on
+    stdout), or into one (a file as a file, a folder as a tar unpacked at PATH)."""
+    if ":" in source and not Path(source).exists():
+        sid, _, path = source.partition(":")
+        base = f"/admin/sessions/{_quote(sid)}/workspace?path={urllib.parse.quote(path)}"
+        if destination == "-":
+            client.download(base, sys.stdout.buffer)
+            return 0
+        target = Path(destination)
+        name = target / Path(path).name if target.is_dir() else target
+        partial = name.with_name(f".{name.name}.orsbox-cp")
+        try:  # a file first (into a temporary name, renamed once whole); a folder answers 400
+            with open(partial, "wb") as file:
+                client.download(base + "&file=1", file)
+            partial.replace(name)
+            print(f"{source} -> {name}", file=out)
+            return 0
+        except AdminError as exc:
+            partial.unlink(missing_ok=True)
+            if "HTTP 400" not in str(exc):
+                raise
+        buffer = tempfile.TemporaryFile()  # noqa: SIM115 (closed below)
+        client.download(base, buffer)
+        folder = target / Path(path.rstrip("/")).name if target.is_dir() and path.strip("/.") else target
+        folder.mkdir(parents=True, exist_ok=True)
+        buffer.seek(0)
+        with buffer, tarfile.open(fileobj=buffer) as tar:
+            tar.extractall(folder, filter=_safe_member)
+        print(f"{source} -> {folder}/", file=out)
+        return 0
+    if ":" not in destination:
+        raise AdminError("one side must be SESSION:PATH")
+    sid, _, path = destination.partition(":")
+    base = f"/admin/sessions/{_quote(sid)}/workspace?path={urllib.parse.quote(path)}"
+    local = Path(source)
+    if local.is_dir():
+        packed = io.BytesIO()
+        with tarfile.open(fileobj=packed, mode="w") as tar:
+            for item in sorted(local.rglob("*")):
+                if not item.is_symlink() and (item.is_file() or item.is_dir()):
+                    tar.add(item, arcname=str(item.relative_to(local)), recursive=False)
+        written = client.upload(base, packed.getvalue())
+    else:
+        written = client.upload(base + "&file=1", local.read_bytes())
+    print(f"{source} -> {destination} ({written['files']} file(s), {written['bytes']} bytes)", file=out)
+    return 0
+
+
+def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """tarfile's `data` filter (what came from a container: nothing outside DEST, no devices, no set-id bits);
+    a member it refuses (a symlink to an absolute path) is skipped, and said so on stderr."""
+    try:
+        return tarfile.data_filter(member, dest)
+    except tarfile.FilterError as exc:
+        print(f"orsbox cp: skipped {member.name}: {exc}", file=sys.stderr)
+        return None
 
 
 def event_line(event: str, data: dict[str, Any]) -> str:

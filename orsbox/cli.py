@@ -1,6 +1,6 @@
 """The `orsbox` command: `serve` the ORS API, `build` environment images, list `envs`, `policy explain|check`,
 `keys add|list|revoke`, `config show`, `doctor`, and over a running server's admin API (`admin_cli.py`)
-`ps|inspect|rm|logs|events|top`.
+`ps|inspect|rm|logs|events|top|cp`.
 
 Logging is configured here and nowhere else: `serve` logs at info; `build`, `envs` and `policy` print
 their results on stdout and log only warnings and errors, unless `--log-level` says otherwise.
@@ -27,7 +27,7 @@ from .log import configure_logging
 log = structlog.get_logger()
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
-ADMIN_COMMANDS = frozenset({"ps", "inspect", "rm", "logs", "events", "top"})
+ADMIN_COMMANDS = frozenset({"ps", "inspect", "rm", "logs", "events", "top", "cp"})
 
 
 def main(argv: list[str] | None = None) -> int:

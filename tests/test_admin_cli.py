@@ -100,3 +100,32 @@ def test_client_keys_and_no_server_are_refused_clearly(live_server: str) -> None
     assert refused.returncode == 1 and "HTTP 403" in refused.stderr and "operator key" in refused.stderr
     nobody = orsbox("http://127.0.0.1:9", "ps")
     assert nobody.returncode == 1 and "no orsbox answers at http://127.0.0.1:9" in nobody.stderr
+
+
+def test_cp_copies_files_and_folders_out_and_in(live_server: str, tmp_path: Path) -> None:
+    sid = new_session(live_server)
+    try:
+        made = httpx.post(f"{live_server}/bash/call", headers={**AUTH, "X-Session-ID": sid}, timeout=60,
+                          json={"name": "bash", "input": {"command": "mkdir -p out/sub && echo a > out/a.txt && "
+                                                                      "echo b > out/sub/b.txt && ln -s /etc out/etc"}})
+        assert made.status_code == 200
+        copied = orsbox(live_server, "cp", f"{sid}:out", str(tmp_path))
+        assert copied.returncode == 0, copied.stderr
+        assert (tmp_path / "out" / "a.txt").read_text() == "a\n" and (tmp_path / "out/sub/b.txt").read_text() == "b\n"
+        assert not os.path.lexists(tmp_path / "out" / "etc") and "skipped ./etc" in copied.stderr
+        one = orsbox(live_server, "cp", f"{sid}:out/a.txt", str(tmp_path / "single.txt"))
+        assert one.returncode == 0 and (tmp_path / "single.txt").read_text() == "a\n"
+        missing = orsbox(live_server, "cp", f"{sid}:nothing", str(tmp_path / "never.txt"))
+        assert missing.returncode == 1 and "HTTP 404" in missing.stderr and not (tmp_path / "never.txt").exists()
+
+        local = tmp_path / "up"
+        (local / "deep").mkdir(parents=True)
+        (local / "deep" / "c.txt").write_text("c")
+        (local / "d.txt").write_text("d")
+        assert orsbox(live_server, "cp", str(local), f"{sid}:in").returncode == 0
+        assert orsbox(live_server, "cp", str(local / "d.txt"), f"{sid}:solo.txt").returncode == 0
+        check = httpx.post(f"{live_server}/bash/call", headers={**AUTH, "X-Session-ID": sid}, timeout=60,
+                           json={"name": "bash", "input": {"command": "cat in/deep/c.txt in/d.txt solo.txt"}})
+        assert "cdd" in check.text
+    finally:
+        httpx.post(f"{live_server}/delete", headers={**AUTH, "X-Session-ID": sid}, timeout=30)
