@@ -61,6 +61,8 @@ class Config(BaseModel):
     api_keys: list[SecretStr] = Field([], description="accepted API keys, besides the keys file's")
     admin_keys: list[SecretStr] = Field([], description="operator keys: the admin API and /metrics (not for clients)")
     event_inputs: bool = Field(False, description="session events carry tool inputs (truncated); off: names only")
+    secrets_dir: Path | None = Field(None, description="per-environment operator secrets, <env>.toml (0600); "
+                                     "default <state_dir>/secrets")
     keys_file: Path | None = Field(None, description="keys file of salted digests; default <state_dir>/api_keys.json")
     key_max_sessions: int | None = Field(None, ge=1, description="live sessions per API key at most (429 past it)")
     key_starts_per_minute: int | None = Field(None, ge=1, description="creates per API key per minute (429 past it)")
@@ -81,6 +83,10 @@ class Config(BaseModel):
     @property
     def key_file_path(self) -> Path:
         return self.keys_file or self.state_dir / "api_keys.json"
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.secrets_dir or self.state_dir / "secrets"
 
     @classmethod
     def from_env(cls, config_file: Path | None = None, **flags: Any) -> Config:

@@ -19,7 +19,7 @@ import os
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -51,6 +51,7 @@ class Principal:
     owner: str
     quota: Quota
     admin: bool = False  # an operator key: the admin API and /metrics
+    secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # the key's own (keys file): (name, value)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ class KeyRing:
             if record is not None and record.matches(parts[1]):
                 quota = Quota(record.max_sessions or self.default_quota.max_sessions,
                               record.starts_per_minute or self.default_quota.starts_per_minute)
-                return Principal(record.id, self._owner(f"key:{record.id}"), quota, admin=record.role == "admin")
+                return Principal(record.id, self._owner(f"key:{record.id}"), quota, admin=record.role == "admin",
+                                 secrets=tuple(sorted(record.secrets.items())))
         for prefix, keys, admin in (("env", self._env_keys, False), ("admin", self._admin_keys, True)):
             matched = _match(keys, presented)
             if matched is not None:

@@ -16,7 +16,7 @@ from ..auth import Principal
 from ..backends.backend import Backend
 from ..catalog import Catalog, EnvironmentInfo
 from ..config import Config
-from ..errors import BadRequest, NotFound, NotReady, ShuttingDown, TooManySessions
+from ..errors import BadRequest, ConfigError, NotFound, NotReady, ShuttingDown, TooManySessions
 from ..metrics import Metrics
 from ..policy import PolicySet
 from ..protocol import JSONObject, Secret
@@ -26,7 +26,7 @@ from .events import EventLog
 from .lifecycle import Lifecycle
 from .reaper import Reaper
 from .registry import Registry
-from .secrets import secrets_for_session
+from .secrets import OperatorSecrets, resolve, secrets_for_session, unavailable
 from .session import CallRecord, Session, State
 from .tasks import Tasks
 
@@ -44,6 +44,7 @@ class SessionManager:
         self.tasks = Tasks()
         self.registry = Registry(config)
         self.events = EventLog(inputs=config.event_inputs)
+        self.operator_secrets = OperatorSecrets(config.secrets_path)  # a bad file stops start-up here
         self.lifecycle = Lifecycle(backend, self.registry, self.tasks, config, metrics, self.events)
         self.calls = Calls(self.registry, self.tasks, config, metrics, self.events)
         self.reaper = Reaper(backend, self.registry, self.lifecycle, config, metrics)
@@ -106,7 +107,7 @@ class SessionManager:
             size = len(json.dumps(task_spec, ensure_ascii=False, separators=(",", ":")).encode())
             if size > self.config.max_task_spec_bytes:
                 raise BadRequest(f"task_spec is {size} bytes of JSON; at most {self.config.max_task_spec_bytes}")
-        given = secrets_for_session(secrets or {}, env.policy, client_keys=client_keys)
+        given = self._secrets(env, principal, secrets_for_session(secrets or {}, env.policy, client_keys=client_keys))
         self._admit(sid, env, principal)
         task = task_spec if task_spec is not None else env.task(split or "", index or 0)
         session = Session(id=sid, env=env, task=dict(task), owner=principal.owner)
@@ -115,6 +116,18 @@ class SessionManager:
         self.metrics.created.labels(env.name, "ors").inc()
         self.events.created(session, kind="ors", key=principal.key_id)
         return session
+
+    def _secrets(self, env: EnvironmentInfo, principal: Principal, requested: dict[str, str]) -> dict[str, str]:
+        """The request's secrets over the key's over the operator's for `env`; the log names each one's source."""
+        try:
+            operator = self.operator_secrets.of(env.name)
+        except ConfigError as exc:
+            raise unavailable(env.name, exc) from None
+        given, sources = resolve(requested, dict(principal.secrets), operator)
+        if given:
+            log.info("secrets_resolved", **{f"from_{source}": sorted(n for n, s in sources.items() if s == source)[:64]
+                                            for source in set(sources.values())})
+        return given
 
     def create_sandbox(self, sid: str, principal: Principal, env: EnvironmentInfo, setup: JSONObject,
                        request: str) -> Session:
