@@ -137,7 +137,7 @@ class Client:
         with self._open(path) as response:
             return str(response.read().decode(errors="replace"))
 
-    def stream(self, path: str, last_id: int | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    def stream(self, path: str, last_id: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
         """(event, data) of an SSE answer, until it ends."""
         headers = {"Accept": "text/event-stream"}
         if last_id is not None:
@@ -196,12 +196,12 @@ def events(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     path = f"/admin/sessions/{_quote(args.session)}/events" if args.session else "/admin/events"
     if not args.follow:
         path += "?follow=0"
-    last_id = args.since
+    last_id = str(args.since) if args.since is not None else None
     while True:
         try:
             for event, data in client.stream(path, last_id):
                 print(json.dumps(data) if args.json else event_line(event, data), file=out, flush=True)
-                last_id = data.get("id", last_id)
+                last_id = data.get("cursor", last_id)  # what a reconnect resumes after
             return 0  # the stream ended: the session did, or nothing more was asked for
         except (AdminError, OSError, ValueError) as exc:
             if not args.follow or (isinstance(exc, AdminError) and "HTTP 4" in str(exc)):

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -182,39 +183,40 @@ async def admin_openapi(x: Exchange[None]) -> dict[str, Any]:
 
 
 async def _events(x: Exchange[None], sid: str | None) -> web.StreamResponse:
-    last_id = _last_event_id(x.request)
-    live = x.request.query.get("follow") != "0"
     log, config = x.app[SESSIONS].events, x.app[CONFIG]
+    last_id, restarted = _last_event_id(x.request, log)
+    items = log.follow(sid, last_id, config.keepalive, live=x.request.query.get("follow") != "0",
+                       restarted=restarted)
     ws = web.WebSocketResponse(heartbeat=config.keepalive)
     if ws.can_prepare(x.request).ok:
-        return await _over_websocket(x.request, ws, log, sid, last_id, config.keepalive, live)
+        return await _over_websocket(x.request, ws, items, log)
     stream = EventStream(x.request, config.keepalive, config.sse_write_timeout)
     try:
         await stream.open()
-        async for item in log.follow(sid, last_id, config.keepalive, live=live):
+        async for item in items:
             if item is None:
                 await stream.ping()
             elif isinstance(item, Lost):
-                await stream.send("lost", compact_json(_lost(item)), event_id=item.until)
+                await stream.send("lost", compact_json(_lost(item, log)), event_id=_lost(item, log)["cursor"])
             else:
-                await stream.send(item.kind, compact_json(item.as_json()), event_id=item.id)
+                await stream.send(item.kind, compact_json(item.as_json()), event_id=item.cursor)
         return await stream.close()
     except ConnectionResetError:
         return stream.response
 
 
-async def _over_websocket(request: web.Request, ws: web.WebSocketResponse, log: EventLog, sid: str | None,
-                          last_id: int | None, keepalive: float, live: bool) -> web.WebSocketResponse:
+async def _over_websocket(request: web.Request, ws: web.WebSocketResponse,
+                          items: AsyncIterator[Event | Lost | None], log: EventLog) -> web.WebSocketResponse:
     """Each event as a JSON text message ({"id", "time", "session_id", "event", "data"}; a loss as
     {"event": "lost", ...}); closed when the session ends or the client goes."""
     await ws.prepare(request)
 
     async def send() -> None:
-        async for item in log.follow(sid, last_id, keepalive, live=live):
+        async for item in items:
             if isinstance(item, Event):
                 await ws.send_str(compact_json(item.as_json()))
             elif isinstance(item, Lost):
-                await ws.send_str(compact_json(_lost(item)))
+                await ws.send_str(compact_json(_lost(item, log)))
 
     sender = asyncio.create_task(send())
     reader = asyncio.create_task(_until_closed(ws))
@@ -253,10 +255,10 @@ def summary(session: Session, events: EventLog) -> SessionSummary:
         container=sandbox.ref.name if sandbox is not None else None)
 
 
-def _lost(lost: Lost) -> dict[str, Any]:
-    """A loss, shaped as an event: its id is the last one lost, so a reconnect after it resumes past them."""
-    return {"id": lost.until, "time": time.time(), "session_id": None, "event": "lost",
-            "data": dataclasses.asdict(lost)}
+def _lost(lost: Lost, log: EventLog) -> dict[str, Any]:
+    """A loss, shaped as an event: its cursor is the last one lost, so a reconnect after it resumes past them."""
+    return {"id": lost.until, "cursor": f"{log.run}.{lost.until}", "time": time.time(), "session_id": None,
+            "event": "lost", "data": dataclasses.asdict(lost)}
 
 
 def _live(x: Exchange[None]) -> Session:
@@ -280,12 +282,14 @@ def _number(query: Any, name: str, default: float, *, integer: bool = False) -> 
     return value
 
 
-def _last_event_id(request: web.Request) -> int | None:
-    """The id of the last event the client saw: the Last-Event-ID header (an SSE client's reconnect), or ?after=."""
+def _last_event_id(request: web.Request, log: EventLog) -> tuple[int | None, bool]:
+    """Where the client resumes: the Last-Event-ID header (an SSE client's reconnect) or ?after=, a cursor
+    (`<run>.<id>`) or an id of this run; and whether that cursor was of an earlier run."""
     text = request.headers.get("Last-Event-ID") or request.query.get("after")
     if text is None or not text.strip():
-        return None
-    if not text.strip().isdigit() or len(text.strip()) > 18:
-        raise BadRequest(f"Last-Event-ID must be an event id (a non-negative integer), not {text[:50]!r}")
-    return int(text)
+        return None, False
+    try:
+        return log.position(text)
+    except ValueError:
+        raise BadRequest(f"Last-Event-ID must be an event's cursor (run.id) or id, not {text[:50]!r}") from None
 

@@ -75,7 +75,7 @@ class EventStream:
     async def open(self) -> None:
         await self.response.prepare(self.request)
 
-    async def send(self, event: str, data: str, *, event_id: int | None = None) -> None:
+    async def send(self, event: str, data: str, *, event_id: str | None = None) -> None:
         """One event (with an `id:` line if `event_id` is given, which a reconnecting client sends back as
         Last-Event-ID); data with line breaks goes as several `data:` lines (clients join them with \\n)."""
         lines = "".join(f"data: {line}\r\n" for line in re.split(r"\r\n|\r|\n", data))

@@ -1,7 +1,9 @@
 """Session events: what happened to each session, kept in bounded rings for operators to replay and follow.
 
-Every event has a server-wide id, increasing by one per event, so a reader that reconnects with the
-last id it saw (SSE's `Last-Event-ID`) gets exactly the events after it, none twice. Each session
+Every event has a server-wide id, increasing by one per event, and a cursor `<run>.<id>` (the run: this
+server process's random name), so a reader that reconnects with the last cursor it saw (SSE's
+`Last-Event-ID`) gets exactly the events after it, none twice; one whose cursor names an earlier run
+(the server restarted: events live in memory) is told that what came after it is gone. Each session
 has a ring of its last `per_session` events (kept a while after it ended, for the last
 `ended_kept` sessions) and the server one of its last `server_wide`; a reader whose last id was
 pushed out of a ring is told how many it lost (`lost`), never silently given a gap.
@@ -28,6 +30,7 @@ import asyncio
 import collections
 import itertools
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -49,19 +52,29 @@ class Event:
     session_id: str
     kind: str
     data: dict[str, Any]
+    run: str  # the server process's name: ids start again at 1 in another
+
+    @property
+    def cursor(self) -> str:
+        """What a reader resumes after (SSE's `id:`, then Last-Event-ID)."""
+        return f"{self.run}.{self.id}"
 
     def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "time": round(self.time, 6), "session_id": self.session_id, "event": self.kind,
-                "data": self.data}
+        return {"id": self.id, "cursor": self.cursor, "time": round(self.time, 6), "session_id": self.session_id,
+                "event": self.kind, "data": self.data}
 
 
 @dataclass(frozen=True)
 class Lost:
-    """Events a reader missed because its ring moved on: those up to id `until`, `count` of them where known
-    (server-wide ids are consecutive; a session's are not, so there it is None)."""
+    """Events a reader missed: those up to id `until`, `count` of them where known (server-wide ids are
+    consecutive; a session's are not, so there it is None), and why."""
 
     until: int
     count: int | None
+    reason: str = "pushed out of the ring before this reader got them"
+
+
+RESTARTED = "the server restarted since that cursor: events of its earlier run after it are gone"
 
 
 class Ring:
@@ -110,6 +123,7 @@ class EventLog:
         self._ended: collections.deque[str] = collections.deque()
         self._ids = itertools.count(1)
         self.last_id = 0
+        self.run = secrets.token_hex(4)
         self._changed: asyncio.Future[None] | None = None
 
     # -- emitting (synchronous, microseconds) ----------------------------------------
@@ -119,7 +133,7 @@ class EventLog:
         if trail is None or (kind == "created" and trail.ended):
             trail = self._new_trail(session.id, trail)
         self.last_id = next(self._ids)
-        event = Event(self.last_id, time.time(), session.id, kind, data)
+        event = Event(self.last_id, time.time(), session.id, kind, data, self.run)
         trail.ring.add(event)
         self.server.add(event)
         if kind == "ended":
@@ -174,6 +188,16 @@ class EventLog:
     def knows(self, sid: str) -> bool:
         return sid in self.trails
 
+    def position(self, cursor: str) -> tuple[int | None, bool]:
+        """(the id a reader resumes after, whether its cursor is of an earlier run) of a Last-Event-ID:
+        `<run>.<id>`, or a bare id of this run; ValueError if it is neither."""
+        run, dot, number = cursor.strip().rpartition(".")
+        if not number.isdigit() or len(number) > 18 or (dot and not run):
+            raise ValueError(cursor)
+        if dot and run != self.run:
+            return None, True
+        return int(number), False
+
     def since(self, sid: str | None, last_id: int | None) -> tuple[Lost | None, list[Event], bool]:
         """(what the reader lost, the events after `last_id`, whether the session has ended) of session `sid`'s
         ring, or the server's (`sid` None); `last_id` None: everything kept, no loss reported."""
@@ -187,10 +211,13 @@ class EventLog:
             lost = Lost(ring.dropped_until, ring.dropped_until - last_id if sid is None else None)
         return lost, events, trail.ended if trail is not None else False
 
-    async def follow(self, sid: str | None, last_id: int | None, keepalive: float, *,
-                     live: bool = True) -> AsyncIterator[Event | Lost | None]:
+    async def follow(self, sid: str | None, last_id: int | None, keepalive: float, *, live: bool = True,
+                     restarted: bool = False) -> AsyncIterator[Event | Lost | None]:
         """The events after `last_id`, then (if `live`) each new one as it comes; None every `keepalive` s
-        without one. A session's stream ends after its `ended` event."""
+        without one. A session's stream ends after its `ended` event. `restarted`: the reader's cursor was of
+        an earlier run, so it hears that first, then everything kept."""
+        if restarted:
+            yield Lost(0, None, RESTARTED)
         while True:
             lost, events, ended = self.since(sid, last_id)
             if lost is not None:

@@ -26,17 +26,17 @@ ADMIN_ROUTES = [("GET", "/admin/sessions"), ("GET", "/admin/sessions/x"), ("POST
 
 
 async def read_events(response: aiohttp.ClientResponse, count: int) -> list[dict[str, Any]]:
-    """The next `count` events of an SSE answer (their data, which repeats the id), checking each `id:` line."""
+    """The next `count` events of an SSE answer (their data, which repeats the cursor), checking each `id:` line."""
     events: list[dict[str, Any]] = []
     event_id = None
     while len(events) < count:
         line = (await response.content.readline()).decode()
         assert line, f"the stream ended after {events}"
         if line.startswith("id: "):
-            event_id = int(line[4:])
+            event_id = line[4:].strip()
         elif line.startswith("data: "):
             data = json.loads(line[6:])
-            assert data["id"] == event_id
+            assert data["cursor"] == event_id and event_id.endswith(f".{data['id']}")
             events.append(data)
     return events
 
@@ -147,7 +147,7 @@ async def test_session_events_replay_after_a_disconnect_without_loss_or_duplicat
         await ors.call(sid, "echo", {"text": secret_input}, env="echo")
     await ors.call(sid, "fail", {}, env="echo")
     await ors.delete(sid)
-    rest = await events_of(ors, f"/admin/sessions/{sid}/events", 9, **{"Last-Event-ID": str(first[-1]["id"])})
+    rest = await events_of(ors, f"/admin/sessions/{sid}/events", 9, **{"Last-Event-ID": first[-1]["cursor"]})
     assert [e["event"] for e in rest] == ["call_started", "call_finished"] * 3 + [
         "call_started", "call_failed", "ended"]
     assert rest[7]["data"]["error"] == "the tool broke" and rest[7]["data"]["tool"] == "fail"
@@ -239,3 +239,17 @@ async def test_followers_wake_on_new_events() -> None:
     log.emit(session, "ended", reason="x")  # type: ignore[arg-type]
     await asyncio.wait_for(task, 5)
     assert seen == ["created", "ready", "ended"]
+
+
+async def test_a_cursor_of_an_earlier_run_is_told_it_lost_what_came_after(ors: Client) -> None:
+    sid = await ors.new_session("echo")
+    await ors.prompt(sid, env="echo")
+    got = await events_of(ors, f"/admin/sessions/{sid}/events", 3, **{"Last-Event-ID": "0123abcd.41"})
+    assert got[0]["event"] == "lost" and "restarted" in got[0]["data"]["reason"]
+    assert [e["event"] for e in got[1:]] == ["created", "ready"]
+    run = got[1]["cursor"].split(".")[0]
+    bare = await events_of(ors, f"/admin/sessions/{sid}/events", 1, **{"Last-Event-ID": got[1]["cursor"]})
+    assert bare[0]["event"] == "ready" and bare[0]["cursor"] == f"{run}.{bare[0]['id']}"
+    for bad in ("x.", ".5", "run.-1", "abc"):
+        assert (await ors.http.get("/admin/events", headers={**ADMIN, "Last-Event-ID": bad})).status == 400
+    await ors.delete(sid)
