@@ -253,3 +253,14 @@ async def test_a_cursor_of_an_earlier_run_is_told_it_lost_what_came_after(ors: C
     for bad in ("x.", ".5", "run.-1", "abc"):
         assert (await ors.http.get("/admin/events", headers={**ADMIN, "Last-Event-ID": bad})).status == 400
     await ors.delete(sid)
+
+
+async def test_the_admin_api_describes_itself(ors: Client) -> None:
+    answer = await ors.http.get("/admin/openapi.json", headers=ADMIN)
+    assert answer.status == 200
+    document = await answer.json()
+    paths = document["paths"]
+    assert {"/admin/sessions", "/admin/sessions/{sid}", "/admin/sessions/{sid}/end", "/admin/sessions/{sid}/logs",
+            "/admin/sessions/{sid}/events", "/admin/events"} <= set(paths)
+    assert "403" in paths["/admin/sessions"]["get"]["responses"]
+    assert "stats" in document["components"]["schemas"]["SessionDetails"]["properties"]
