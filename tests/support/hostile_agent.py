@@ -13,11 +13,14 @@ It answers `hello` and `setup` as a real agent does (so the session becomes read
     bad_error    an error frame whose error is not {type, message}
     no_id        a frame without a request id
     wrong_types  prompt answered with a number, call_tool with a list (well-formed frames, wrong answers)
+    workspace_endless  a workspace download that never ends (512 KiB chunks, never eof)
+    workspace_garbage  a workspace download opened without a handle; chunks that are not base64
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import socket
@@ -51,6 +54,18 @@ def misbehave(conn: socket.socket, mode: str, request: dict[str, Any]) -> None:
         answer(conn, {"id": request_id, "error": "no structure"})
     elif mode == "no_id":
         answer(conn, {"result": {"ok": True}})
+    elif mode == "workspace_endless":
+        method = request["method"]
+        result: Any = {"handle": "h1", "chunk": 524288} if method == "workspace_pack" else {}
+        if method == "workspace_read":
+            result = {"data": base64.b64encode(b"x" * 524288).decode(), "eof": False}
+        answer(conn, {"id": request_id, "result": result})
+    elif mode == "workspace_garbage":
+        method = request["method"]
+        if method == "workspace_pack":
+            answer(conn, {"id": request_id, "result": {"handle": 5 if request["params"].get("file") else "h2"}})
+        else:
+            answer(conn, {"id": request_id, "result": {"data": "*** not base64 ***", "eof": False}})
     elif mode == "wrong_types":
         answer(conn, {"id": request_id, "result": 5 if request["method"] == "prompt" else [1, 2]})
 
