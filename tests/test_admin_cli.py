@@ -129,3 +129,26 @@ def test_cp_copies_files_and_folders_out_and_in(live_server: str, tmp_path: Path
         assert "cdd" in check.text
     finally:
         httpx.post(f"{live_server}/delete", headers={**AUTH, "X-Session-ID": sid}, timeout=30)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    answer = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+    assert answer.status_code == 200
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(answer.text) for s in family.samples}
+
+
+def test_metrics_of_a_live_server_move_on_create_and_end(live_server: str) -> None:
+    created = ("orsbox_sessions_created_total", (("environment", "bash"), ("kind", "ors")))
+    ended = ("orsbox_sessions_ended_total", (("environment", "bash"), ("reason", "operator")))
+    ready = ("orsbox_sessions", (("environment", "bash"), ("state", "ready")))
+    before = scrape(live_server)
+    sid = new_session(live_server)
+    during = scrape(live_server)
+    assert during[created] == before.get(created, 0) + 1 and during[ready] == before.get(ready, 0) + 1
+    assert orsbox(live_server, "rm", sid).returncode == 0
+    after = scrape(live_server)
+    assert after[ended] == before.get(ended, 0) + 1 and after.get(ready, 0) == before.get(ready, 0)
+    assert httpx.get(f"{live_server}/metrics", headers=AUTH, timeout=30).status_code == 403
