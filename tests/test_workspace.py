@@ -119,6 +119,10 @@ async def test_escapes_and_oversized_uploads_are_refused(small: Ors[Any]) -> Non
     code, detail = await status("PUT", "/workspace", tar_of((member("hard", tarfile.LNKTYPE, "plain"), None)))
     assert code == 400 and "hard link" in detail
     assert (await status("PUT", "/workspace", b"not a tar at all" * 100))[0] == 400
+    code, detail = await status("PUT", "/workspace?path=passwd&file=1", b"x")  # a symlink is not replaced
+    assert code == 400 and "symlink" in detail
+    code, detail = await status("PUT", "/workspace?path=etc-link/x&file=1", b"x")
+    assert code == 403
     code, detail = await status("PUT", "/workspace?path=big&file=1", os.urandom(5 * 1024 * 1024))
     assert code == 413 and "workspace_size" in detail
     left = await ors.bash(sid, "ls /tmp; ls")

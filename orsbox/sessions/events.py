@@ -40,7 +40,7 @@ from .session import Session
 
 PER_SESSION = 256  # events kept per session
 SERVER_WIDE = 4096  # events kept server-wide
-ENDED_KEPT = 1000  # ended sessions whose events are still kept
+ENDED_KEPT = 256  # ended sessions whose events are still kept (at most ~64k events with their live ones' rings)
 INPUT_CHARS = 2000  # of a tool input, when event_inputs is on
 ERROR_CHARS = 500
 
@@ -172,7 +172,8 @@ class EventLog:
 
     def call_finished(self, session: Session, tool: str, task_id: str, seconds: float, result: dict[str, Any]) -> None:
         metadata = _metadata(result)
-        ok = result.get("ok", metadata.get("exit_code") == 0 if "exit_code" in metadata else None)
+        code = metadata.get("exit_code", metadata.get("return_code"))  # an ORS tool's, or a sandbox run's
+        ok = result.get("ok", code == 0 if type(code) is int else None)
         self.emit(session, "call_finished", tool=tool, task_id=task_id, seconds=round(seconds, 6),
                   ok=ok if isinstance(ok, bool) else None, output_chars=output_chars(result))
         if metadata.get("timed_out") is True:

@@ -34,7 +34,7 @@ from typing import IO, Any, Dict, Optional, Set, Union
 from ..layout import WORKSPACE
 from ..wire import ErrorType, Method, WireError
 from .processes import Runner
-from .sandbox import FileUser, file_errors
+from .sandbox import FileUser, file_errors, upload_path
 
 CHUNK = 512 * 1024  # bytes per chunk out (base64 in an answer frame: fits the smallest frame limit)
 QUEUED = 4  # chunks buffered per transfer
@@ -382,9 +382,17 @@ def receive_file(transfer: Transfer, path: str, max_bytes: int) -> Dict[str, Any
     parent = inside("/".join(parts[:-1]))
     target = os.path.join(parent, parts[-1])
     source = _Source(transfer, max_bytes)
+    partial = upload_path(target)  # written beside it, renamed over it once whole
     with file_errors(target):
         os.makedirs(parent, mode=0o755, exist_ok=True)
-        total = _write_file(target, source, 0o644)  # type: ignore[arg-type]
+        try:
+            total = _write_file(partial, source, 0o644)  # type: ignore[arg-type]
+            if os.path.islink(target) or os.path.isdir(target):
+                raise WireError(ErrorType.BAD_REQUEST, "%s is a symlink or a folder: not replaced" % target)
+            os.rename(partial, target)
+        finally:
+            if os.path.lexists(partial):
+                os.unlink(partial)
     return {"files": 1, "bytes": total}
 
 
