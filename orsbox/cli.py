@@ -1,5 +1,6 @@
 """The `orsbox` command: `serve` the ORS API, `build` environment images, list `envs`, `policy explain|check`,
-`keys add|list|revoke`, `config show`.
+`keys add|list|revoke`, `config show`, `doctor`, and over a running server's admin API (`admin_cli.py`)
+`ps|inspect|rm|logs|events|top|cp`.
 
 Logging is configured here and nowhere else: `serve` logs at info; `build`, `envs` and `policy` print
 their results on stdout and log only warnings and errors, unless `--log-level` says otherwise.
@@ -18,15 +19,16 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from . import __version__
+from . import __version__, admin_cli
 from .config import Config
-from .errors import OrsboxError
+from .errors import ConfigError, OrsboxError
 from .instance import InstanceLock
 from .log import configure_logging
 
 log = structlog.get_logger()
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
+ADMIN_COMMANDS = frozenset({"ps", "inspect", "rm", "logs", "events", "top", "cp"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--name", default="", help="what the key is for (shown by list)")
     add.add_argument("--max-sessions", type=int, help="live sessions at most for this key")
     add.add_argument("--starts-per-minute", type=int, help="new sessions per minute at most for this key")
+    add.add_argument("--secret", action="append", default=[], metavar="NAME[=VALUE]",
+                     help="a secret this key's sessions get (repeatable; without =VALUE, from the variable NAME, "
+                          "which keeps it out of shell history); a request's X-Secrets win over it")
+    add.add_argument("--admin", action="store_true",
+                     help="an operator key: the admin API, /metrics and orsbox ps|inspect|rm|logs|events|top")
     keys_commands.add_parser("list", help="the keys: id, name, created, quotas (never the keys)")
     revoke = keys_commands.add_parser("revoke", help="remove a key by its id; its requests get 401 within a second")
     revoke.add_argument("key_id", help="the key's id (the 8 hex digits after osk_)")
@@ -110,6 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     for sub in (explain, check):
         sub.add_argument("--policies", type=Path, dest="policies_dir", help="policy folder (env ORSBOX_POLICIES)")
 
+    admin_cli.add_commands(commands)
+    doctor = commands.add_parser("doctor", help="check this host for orsbox serve: engine, runtimes, cgroups, "
+                                 "iptables, disk, images, port (OK/FAIL, with what to do)",
+                                 parents=[logging_options, config_option])
+    doctor.add_argument("--state-dir", type=Path, help="(env ORSBOX_STATE_DIR)")
+    doctor.add_argument("--policies", type=Path, dest="policies_dir", help="policy folder (env ORSBOX_POLICIES)")
+    doctor.add_argument("--port", type=int, help="the port serve will use (env ORSBOX_PORT)")
+
     args = parser.parse_args(argv)
     configure_logging(args.log_level or ("info" if args.command == "serve" else "warning"))
     try:
@@ -123,6 +138,14 @@ def main(argv: list[str] | None = None) -> int:
             return keys_command(args)
         if args.command == "config":
             return config_command(args)
+        if args.command in ADMIN_COMMANDS:
+            settings = Config.from_env()
+            host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+            return admin_cli.run(args, f"http://{f'[{host}]' if ':' in host else host}:{settings.port}")
+        if args.command == "doctor":
+            from .doctor import doctor_command
+            return doctor_command(Config.from_env(args.config_file, state_dir=args.state_dir,
+                                                  policies_dir=args.policies_dir, port=args.port))
         return build_command(args)
     except OrsboxError as exc:
         print(f"orsbox: {exc.detail}", file=sys.stderr)
@@ -220,7 +243,8 @@ def keys_command(args: argparse.Namespace) -> int:
     config = Config.from_env(state_dir=args.state_dir, keys_file=args.keys_file)
     keys = KeyFile(config.key_file_path)
     if args.keys_command == "add":
-        record, key = new_key(args.name, max_sessions=args.max_sessions, starts_per_minute=args.starts_per_minute)
+        record, key = new_key(args.name, max_sessions=args.max_sessions, starts_per_minute=args.starts_per_minute,
+                              admin=args.admin, secrets=key_secrets(args.secret))
         keys.add(record)
         print(key)
         print(f"added key {record.id} to {keys.path}; this is the only time it is shown", file=sys.stderr)
@@ -237,8 +261,48 @@ def keys_command(args: argparse.Namespace) -> int:
     for record in records:
         shown = describe(record)
         quotas = f"max_sessions={shown['max_sessions'] or '-'} starts_per_minute={shown['starts_per_minute'] or '-'}"
-        print(f"{record.id}  {shown['created']}  {quotas}  {record.name}")
+        names = f"  secrets: {', '.join(record.secrets)}" if record.secrets else ""
+        print(f"{record.id}  {shown['created']}  {record.role:6}  {quotas}  {record.name}{names}")
     return 0
+
+
+def secrets_explained(config: Config, environment: str) -> str:
+    """Where a session of `environment` gets its secrets, by precedence: names only, never values."""
+    from .auth import KeyFile
+    from .sessions.secrets import OperatorSecrets
+
+    folder = config.secrets_path
+    try:
+        names = OperatorSecrets(folder).names(environment) if folder.is_dir() else []
+    except ConfigError as exc:
+        names = str(exc.detail)
+    try:
+        keyed = [f"key {r.id} ({r.name or 'no name'}): {', '.join(r.secrets)}"
+                 for r in KeyFile(config.key_file_path).load() if r.secrets]
+    except ConfigError as exc:
+        keyed = [str(exc.detail)]
+    own = names if isinstance(names, str) else (", ".join(names) or "none")
+    return "\n".join([
+        "precedence: X-Secrets of the /create request > the API key's own > the operator's file > none",
+        "1. the request: whatever X-Secrets names (as far as each one's allowed_domains allow)",
+        f"2. API keys with secrets ({config.key_file_path}): " + ("; ".join(keyed) if keyed else "none"),
+        f"3. the operator's file {folder / (environment + '.toml')}: {own}",
+    ])
+
+
+def key_secrets(given: list[str]) -> dict[str, str]:
+    """`--secret NAME=VALUE` or `--secret NAME` (the value of the variable NAME) as {name: value}."""
+    import os
+
+    secrets = {}
+    for item in given:
+        name, sep, value = item.partition("=")
+        if not sep:
+            if name not in os.environ:
+                raise ConfigError(f"--secret {name}: give NAME=VALUE, or set the variable {name}")
+            value = os.environ[name]
+        secrets[name] = value
+    return secrets
 
 
 def build_command(args: argparse.Namespace) -> int:
@@ -272,7 +336,8 @@ def policy_command(args: argparse.Namespace) -> int:
     from .backends.network.networks import Firewall
     from .policy import PolicySet, explanation
 
-    folder = Config.from_env(policies_dir=args.policies_dir).policies_dir
+    settings = Config.from_env(policies_dir=args.policies_dir)
+    folder = settings.policies_dir
     policies, problems = PolicySet.read(folder)
     environment: str | None = getattr(args, "environment", None)
     facts: EngineFacts | None = None
@@ -305,7 +370,8 @@ def policy_command(args: argparse.Namespace) -> int:
         if label and policies.file(label) is None:
             print(f"  (there is no {label}.toml in {folder}, so default.toml applies)")
     resolved = policies.resolve(environment, label)
-    print(explanation(policies, environment, label, sections=explain_sections(resolved, full=args.full)))
+    sections = [*explain_sections(resolved, full=args.full), ("secrets", secrets_explained(settings, environment))]
+    print(explanation(policies, environment, label, sections=sections))
     blocker = runtime_problem(resolved, facts.runtimes) if facts else None
     if blocker is None and resolved.network != "none":
         blocker = Firewall.problem()

@@ -21,7 +21,7 @@ from .errors import ConfigError
 #: Environment variables whose names are not ORSBOX_<FIELD>.
 ENV_NAMES = {"policies_dir": "ORSBOX_POLICIES", "default_environment": "ORSBOX_DEFAULT_ENV"}
 CONFIG_FILE_ENV = "ORSBOX_CONFIG"
-SECRET_FIELDS = frozenset({"api_keys"})
+SECRET_FIELDS = frozenset({"api_keys", "admin_keys"})
 
 
 def default_state_dir() -> Path:
@@ -61,6 +61,10 @@ class Config(BaseModel):
     max_task_spec_bytes: int = Field(64 * 1024, ge=0, description="bytes of a /create task_spec as JSON (400 past it)")
     auth: bool = Field(True, description="every route but /health needs a valid X-API-Key (off: loopback only)")
     api_keys: list[SecretStr] = Field([], description="accepted API keys, besides the keys file's")
+    admin_keys: list[SecretStr] = Field([], description="operator keys: the admin API and /metrics (not for clients)")
+    event_inputs: bool = Field(False, description="session events carry tool inputs (truncated); off: names only")
+    secrets_dir: Path | None = Field(None, description="per-environment operator secrets, <env>.toml (0600); "
+                                     "default <state_dir>/secrets")
     keys_file: Path | None = Field(None, description="keys file of salted digests; default <state_dir>/api_keys.json")
     key_max_sessions: int | None = Field(None, ge=1, description="live sessions per API key at most (429 past it)")
     key_starts_per_minute: int | None = Field(None, ge=1, description="creates per API key per minute (429 past it)")
@@ -105,6 +109,10 @@ class Config(BaseModel):
     @property
     def key_file_path(self) -> Path:
         return self.keys_file or self.state_dir / "api_keys.json"
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.secrets_dir or self.state_dir / "secrets"
 
     @classmethod
     def from_env(cls, config_file: Path | None = None, **flags: Any) -> Config:

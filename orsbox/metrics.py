@@ -22,6 +22,7 @@ SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 END_REASONS = (
     ("deleted", "deleted"), ("stopped", "stopped"), ("idle", "idle"), ("reached its max lifetime", "lifetime"),
     ("the sandbox's agent", "agent_gone"), ("the server shut down", "shutdown"), ("setup", "setup_failed"),
+    ("ended by the operator", "operator"),
 )
 
 

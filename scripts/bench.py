@@ -58,7 +58,8 @@ WARM_STATE_DIR = Path("/tmp/orsbox-bench-warm")
 IMAGE = "orsbox/bash:latest"
 ENV = "bash"
 LOOPBACK = "127.0.0.1"
-API_KEY = f"bench-{secrets.token_hex(16)}"  # the one key this run's orsbox accepts
+API_KEY = f"bench-{secrets.token_hex(16)}"  # the one client key this run's orsbox accepts
+ADMIN_KEY = f"bench-admin-{secrets.token_hex(16)}"  # its operator key (/metrics)
 BENCH_LABEL = "orsbox.bench"
 
 START_TIMEOUT = 120.0  # s for a server to answer /health
@@ -445,7 +446,7 @@ async def until_pool_ready(ors: Ors[aiohttp.ClientSession], timeout: float = 60.
     wanted = f'orsbox_pool_containers{{environment="{ENV}",state="ready"}} '
     async with asyncio.timeout(timeout):
         while True:
-            text = await (await ors.http.get("/metrics")).text()
+            text = await (await ors.http.get("/metrics", headers={"X-API-Key": ADMIN_KEY})).text()
             if any(line.startswith(wanted) and float(line.split()[-1]) >= 1 for line in text.splitlines()):
                 return
             await asyncio.sleep(0.05)
@@ -486,7 +487,7 @@ def warm_pool_server(base_env: dict[str, str], node_id: str, logs: Path) -> Serv
         "orsbox-warm", [str(VENV_BIN / "orsbox"), "serve", "--host", LOOPBACK, "--port", str(port),
                         "--policies", str(policies)],
         {**base_env, "ORSBOX_STATE_DIR": str(WARM_STATE_DIR), "ORSBOX_NODE_ID": f"{node_id}-warm",
-         "ORSBOX_API_KEYS": API_KEY, "ORSBOX_POOL_MEMORY": str(16 * 1024**3)}, port, logs / "orsbox-warm.log")
+         "ORSBOX_API_KEYS": API_KEY, "ORSBOX_ADMIN_KEYS": ADMIN_KEY, "ORSBOX_POOL_MEMORY": str(16 * 1024**3)}, port, logs / "orsbox-warm.log")
 
 
 # ---------------------------------------------------------------- docker baseline

@@ -23,7 +23,7 @@ from orsbox.config import Config
 
 from .support.managed import dangling_firewall_rules, managed_containers, managed_networks
 from .support.ors import Ors
-from .support.run import API_KEY, AUTH, NODE_ID, ROOT
+from .support.run import ADMIN_KEY, API_KEY, AUTH, NODE_ID, ROOT
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +94,7 @@ def aiohttp_client(aiohttp_client: Any) -> Any:
 @pytest.fixture
 def config(state_dir: Path, images: None) -> Config:
     return Config(state_dir=state_dir, node_id=NODE_ID, policies_dir=ROOT / "sandbox_policies",
-                  shutdown_timeout=20, api_keys=[API_KEY], pull_images=False)
+                  shutdown_timeout=20, api_keys=[API_KEY], admin_keys=[ADMIN_KEY], pull_images=False)
 
 
 @pytest.fixture

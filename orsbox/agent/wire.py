@@ -73,6 +73,12 @@ class Method:
     SANDBOX_READ = "sandbox_read"  # {"path", "offset", "length"} -> {"data": base64, "file_size"}
     SANDBOX_WRITE = "sandbox_write"  # {"path", "offset", "data": base64, "mkdirs"} -> {"size"}
     SANDBOX_COMMIT = "sandbox_commit"  # {"path", "size"} -> {"sha256", "size"}
+    # Both modes (see runtime/transfer.py): /workspace out as a tar or a file's bytes, and in.
+    WORKSPACE_PACK = "workspace_pack"  # {"path", "file", "max_bytes"} -> {"handle", "chunk"}
+    WORKSPACE_READ = "workspace_read"  # {"handle"} -> {"data": base64, "eof"}
+    WORKSPACE_UNPACK = "workspace_unpack"  # {"path", "file", "max_bytes"} -> {"handle"}
+    WORKSPACE_WRITE = "workspace_write"  # {"handle", "data": base64, "eof"} -> {"received"} | {"files", "bytes"}
+    WORKSPACE_CLOSE = "workspace_close"  # {"handle"} -> {}
 
 
 class ErrorType:

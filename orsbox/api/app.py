@@ -20,9 +20,11 @@ from ..policy import PolicySet
 from ..sandbox_api.forwarding import SessionApi
 from ..sandbox_api.routes import MAX_RUN_BODY, sandbox_api
 from ..sessions import SessionManager
+from .admin import admin_api
 from .keys import BACKEND, CATALOG, CONFIG, KEYRING, METRICS, POLICIES, ROOT_SEGMENTS, SESSIONS
 from .middleware import authenticate, errors_to_http, redirect_bare_paths, request_context, root_segments
 from .routes import api
+from .workspace import workspace_api
 
 log = structlog.get_logger()
 
@@ -34,7 +36,8 @@ def keyring(config: Config) -> KeyRing:
     ring, generated = KeyRing.open(
         state_dir=config.state_dir, env_keys=[key.get_secret_value() for key in config.api_keys],
         key_file=config.key_file_path, required=config.auth,
-        default_quota=Quota(config.key_max_sessions, config.key_starts_per_minute))
+        default_quota=Quota(config.key_max_sessions, config.key_starts_per_minute),
+        admin_keys=[key.get_secret_value() for key in config.admin_keys])
     if generated is not None:
         log.warning("api_key_generated", file=str(generated),
                     hint=f"no API key was configured: clients send the one in {generated} as X-API-Key")
@@ -44,7 +47,7 @@ def keyring(config: Config) -> KeyRing:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics (needs an API key like every route but /health)."""
+    """Prometheus metrics (needs an operator key while authentication is on, as the admin API does)."""
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
@@ -58,6 +61,8 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app[METRICS] = Metrics()
     app.add_routes(api.routes)
     app.add_routes(sandbox_api.routes)
+    app.add_routes(admin_api.routes)
+    app.add_routes(workspace_api.routes)
     app.router.add_get("/metrics", metrics)
     app[ROOT_SEGMENTS] = root_segments(app.router)  # every route is added by now
 

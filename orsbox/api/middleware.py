@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from ..errors import NotReady, OrsboxError
+from ..errors import Forbidden, NotReady, OrsboxError
 from .keys import CATALOG, KEYRING, PRINCIPAL, ROOT_SEGMENTS
 from .responses import json_response
 
@@ -22,6 +22,8 @@ def root_segments(router: web.UrlDispatcher) -> frozenset[str]:
     of the default environment (read once, when the app is made: `ROOT_SEGMENTS`)."""
     firsts = {resource.canonical.lstrip("/").split("/", 1)[0] for resource in router.resources()}
     return frozenset(first for first in firsts if first and not first.startswith("{"))
+#: Paths only operator keys may use (client keys get 403).
+ADMIN_PATHS = ("/admin/", "/metrics")
 
 
 def json_error(status: int, detail: object, headers: dict[str, str] | None = None) -> web.Response:
@@ -60,16 +62,29 @@ async def errors_to_http(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 def authenticate(public_paths: Collection[str]) -> Middleware:
-    """401 without a valid X-API-Key, before anything else is looked at (even whether the path exists),
-    except on `public_paths`."""
+    """401 without a valid key, before anything else is looked at (even whether the path exists), except on
+    `public_paths`; 403 for a client key on the admin API and /metrics. The key is `X-API-Key`, or
+    `Authorization: Bearer` (what a Prometheus scrape config sends)."""
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in public_paths:
-            principal = request.app[KEYRING].authenticate(request.headers.get("X-API-Key"))
+            principal = request.app[KEYRING].authenticate(presented_key(request))
             request[PRINCIPAL] = principal
             structlog.contextvars.bind_contextvars(key=principal.key_id)
+            if not principal.admin and (request.path.startswith(ADMIN_PATHS) or request.path == "/admin"):
+                raise Forbidden("this route needs an operator key (ORSBOX_ADMIN_KEYS or `orsbox keys add --admin`); "
+                                "client keys may not use it")
         return await handler(request)
     return authenticate
+
+
+def presented_key(request: web.Request) -> str | None:
+    """The key a request sends: X-API-Key, else a bearer token."""
+    key = request.headers.get("X-API-Key")
+    if key:
+        return key
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else key
 
 
 @web.middleware

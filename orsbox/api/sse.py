@@ -75,10 +75,12 @@ class EventStream:
     async def open(self) -> None:
         await self.response.prepare(self.request)
 
-    async def send(self, event: str, data: str) -> None:
-        """One event; data with line breaks goes as several `data:` lines (clients join them with \\n)."""
+    async def send(self, event: str, data: str, *, event_id: str | None = None) -> None:
+        """One event (with an `id:` line if `event_id` is given, which a reconnecting client sends back as
+        Last-Event-ID); data with line breaks goes as several `data:` lines (clients join them with \\n)."""
         lines = "".join(f"data: {line}\r\n" for line in re.split(r"\r\n|\r|\n", data))
-        await self._write(f"event: {event}\r\n{lines}\r\n".encode())
+        head = f"id: {event_id}\r\n" if event_id is not None else ""
+        await self._write(f"{head}event: {event}\r\n{lines}\r\n".encode())
 
     async def ping(self) -> None:
         now = datetime.datetime.now(datetime.UTC)

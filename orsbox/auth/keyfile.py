@@ -13,17 +13,20 @@ import fcntl
 import hashlib
 import hmac
 import os
-import secrets
+import re
+import secrets as _random
 import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ConfigError
 
 KEY_PREFIX = "osk_"
+SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 FILE_VERSION = 1
 
 
@@ -39,6 +42,19 @@ class KeyRecord(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     max_sessions: int | None = Field(None, ge=1, description="live sessions at most; None: the server's default")
     starts_per_minute: int | None = Field(None, ge=1, description="creates per minute; None: the server's default")
+    role: Literal["client", "admin"] = Field("client", description="admin: an operator key (the admin API, "
+                                                                  "/metrics), never a client's")
+    secrets: dict[str, str] = Field({}, max_length=64, description="secrets its sessions get, under a request's "
+                                                                  "X-Secrets and over the environment's")
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, secrets: dict[str, str]) -> dict[str, str]:
+        for name, value in secrets.items():
+            if not SECRET_NAME.fullmatch(name) or "\0" in value or len(value) > 65536:
+                raise ValueError(f"secret {name[:100]!r}: names are letters, digits and _ (not first a digit), "
+                                 "values at most 64 KiB without NUL")
+        return secrets
 
     def matches(self, secret: str) -> bool:
         """Constant-time comparison of `secret`'s salted digest with the stored one."""
@@ -64,12 +80,13 @@ def split_key(key: str) -> tuple[str, str] | None:
     return (key_id, secret) if len(key_id) == 8 and secret else None
 
 
-def new_key(name: str = "", *, max_sessions: int | None = None,
-            starts_per_minute: int | None = None) -> tuple[KeyRecord, str]:
+def new_key(name: str = "", *, max_sessions: int | None = None, starts_per_minute: int | None = None,
+            admin: bool = False, secrets: dict[str, str] | None = None) -> tuple[KeyRecord, str]:
     """A fresh key: its record (to store) and the key itself (to show once)."""
-    key_id, secret, salt = secrets.token_hex(4), secrets.token_urlsafe(32), secrets.token_hex(16)
+    key_id, secret, salt = _random.token_hex(4), _random.token_urlsafe(32), _random.token_hex(16)
     record = KeyRecord(id=key_id, name=name, created=time.time(), salt=salt, sha256=digest(salt, secret),
-                       max_sessions=max_sessions, starts_per_minute=starts_per_minute)
+                       max_sessions=max_sessions, starts_per_minute=starts_per_minute,
+                       role="admin" if admin else "client", secrets=secrets or {})
     return record, f"{KEY_PREFIX}{key_id}_{secret}"
 
 
@@ -145,4 +162,5 @@ def describe(record: KeyRecord) -> dict[str, object]:
     """What `orsbox keys list` shows of a key: never its digest or salt."""
     return {"id": record.id, "name": record.name,
             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.created)),
-            "max_sessions": record.max_sessions, "starts_per_minute": record.starts_per_minute}
+            "max_sessions": record.max_sessions, "starts_per_minute": record.starts_per_minute, "role": record.role,
+            "secrets": sorted(record.secrets)}

@@ -5,6 +5,10 @@ Keys come from `ORSBOX_API_KEYS` (kept in memory only as salted digests) and the
 second). With neither, the server makes one at first start and keeps it 0600 in the state dir.
 Without authentication (`--no-auth`, loopback only), every request is served and `X-API-Key`
 still separates clients' sessions.
+
+Operator keys (`ORSBOX_ADMIN_KEYS`, or `orsbox keys add --admin`) make an admin `Principal`: only they
+may use the admin API and `/metrics` while authentication is on. Without authentication, every
+request is an admin's (the server is on loopback only).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -49,6 +53,8 @@ class Principal:
     # A session's environment creating sandboxes: the key its session counts against, and the session.
     on_behalf_of: Principal | None = None
     parent_session: str | None = None
+    admin: bool = False  # an operator key: the admin API and /metrics
+    secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # the key's own (keys file): (name, value)
 
 
 @dataclass(frozen=True)
@@ -60,12 +66,13 @@ class _EnvKey:
 
 class KeyRing:
     def __init__(self, *, env_keys: Sequence[str], key_file: KeyFile, secret: bytes, required: bool,
-                 default_quota: Quota) -> None:
+                 default_quota: Quota, admin_keys: Sequence[str] = ()) -> None:
         self.required = required
         self.key_file = key_file
         self.default_quota = default_quota
         self._secret = secret
         self._env_keys = [_env_key(key) for key in env_keys]
+        self._admin_keys = [_env_key(key, "admin") for key in admin_keys]
         self._file_keys: dict[str, KeyRecord] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
@@ -73,21 +80,21 @@ class KeyRing:
 
     @classmethod
     def open(cls, *, state_dir: Path, env_keys: Sequence[str], key_file: Path, required: bool,
-             default_quota: Quota) -> tuple[KeyRing, Path | None]:
+             default_quota: Quota, admin_keys: Sequence[str] = ()) -> tuple[KeyRing, Path | None]:
         """The server's key ring, and the file of the key it made if none was configured (else None)."""
         generated = None
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         keys = KeyFile(key_file)
-        if required and not env_keys and not keys.load():
+        if required and not env_keys and not any(record.role == "client" for record in keys.load()):
             generated = generate_key(state_dir, keys)
         ring = cls(env_keys=env_keys, key_file=keys, secret=server_secret(state_dir), required=required,
-                   default_quota=default_quota)
+                   default_quota=default_quota, admin_keys=admin_keys)
         return ring, generated
 
     def authenticate(self, presented: str | None) -> Principal:
         """The principal of a request that sent `presented` as X-API-Key; 401 if it may not."""
         if not self.required:
-            return Principal(OPEN_KEY_ID, self._owner(f"open:{presented or ''}"), self.default_quota)
+            return Principal(OPEN_KEY_ID, self._owner(f"open:{presented or ''}"), self.default_quota, admin=True)
         if not presented:
             raise Unauthorized("this server needs an API key: send it in the X-API-Key header")
         self._reload()
@@ -97,13 +104,13 @@ class KeyRing:
             if record is not None and record.matches(parts[1]):
                 quota = Quota(record.max_sessions or self.default_quota.max_sessions,
                               record.starts_per_minute or self.default_quota.starts_per_minute)
-                return Principal(record.id, self._owner(f"key:{record.id}"), quota)
-        matched = None
-        for index, key in enumerate(self._env_keys):  # every one compared: no timing tells which
-            if hmac.compare_digest(digest(key.salt, presented), key.sha256):
-                matched = (index, key)
-        if matched is not None:
-            return Principal(f"env-{matched[0] + 1}", self._owner(matched[1].identity), self.default_quota)
+                return Principal(record.id, self._owner(f"key:{record.id}"), quota, admin=record.role == "admin",
+                                 secrets=tuple(sorted(record.secrets.items())))
+        for prefix, keys, admin in (("env", self._env_keys, False), ("admin", self._admin_keys, True)):
+            matched = _match(keys, presented)
+            if matched is not None:
+                return Principal(f"{prefix}-{matched + 1}", self._owner(keys[matched].identity), self.default_quota,
+                                 admin=admin)
         raise Unauthorized("invalid API key")
 
     def _owner(self, identity: str) -> str:
@@ -131,9 +138,18 @@ class KeyRing:
             log.info("keys_file_reloaded", keys=len(records))
 
 
-def _env_key(key: str) -> _EnvKey:
+def _env_key(key: str, kind: str = "env") -> _EnvKey:
     salt = secrets.token_hex(16)
-    return _EnvKey(salt, digest(salt, key), "env:" + hashlib.sha256(key.encode()).hexdigest())
+    return _EnvKey(salt, digest(salt, key), f"{kind}:" + hashlib.sha256(key.encode()).hexdigest())
+
+
+def _match(keys: Sequence[_EnvKey], presented: str) -> int | None:
+    """The index of the key `presented` is, or None; every one compared, so no timing tells which."""
+    matched = None
+    for index, key in enumerate(keys):
+        if hmac.compare_digest(digest(key.salt, presented), key.sha256):
+            matched = index
+    return matched
 
 
 def server_secret(state_dir: Path) -> bytes:

@@ -94,6 +94,18 @@ class Sandbox:
 
 
 @dataclass(frozen=True)
+class SandboxStats:
+    """A running sandbox's live figures, from its cgroup; None where the engine does not say."""
+
+    cpu_seconds: float | None  # CPU time used since it started
+    memory_bytes: int | None
+    memory_limit: int | None
+    memory_peak: int | None  # the most it has used (cgroup v1's max_usage)
+    pids: int | None
+    pids_limit: int | None
+
+
+@dataclass(frozen=True)
 class Leftover:
     """A sandbox of this node that the backend found (after a restart, or in a sweep), its labels parsed."""
 
@@ -124,6 +136,8 @@ class Backend(Protocol):
     # An allowlist sandbox's egress from now on (connections opened under the old list are cut).
     async def replace_allowlist(self, ref: SandboxRef, allow: tuple[str, ...]) -> None: ...
     async def list_leftovers(self) -> list[Leftover]: ...
+    async def stats(self, ref: SandboxRef) -> SandboxStats: ...  # its cgroup's figures now
+    async def logs(self, ref: SandboxRef, *, tail: int, max_bytes: int) -> bytes: ...  # its last output lines
     async def remove_orphans(self, live_sessions: set[str]) -> None: ...  # networks, folders of no live session
     def network_problem(self) -> str | None: ...  # why sessions cannot have networks of their own here
     async def ping(self) -> bool: ...

@@ -19,6 +19,7 @@ from ..config import Config
 from ..errors import AgentGone, OrsboxError, SandboxError
 from ..metrics import Metrics
 from ..protocol import JSONObject
+from .events import EventLog
 from .registry import Registry
 from .session import CallRecord, Session, State
 from .tasks import Tasks
@@ -34,7 +35,9 @@ def _consume(future: asyncio.Future[Any]) -> None:
 
 
 class Calls:
-    def __init__(self, registry: Registry, tasks: Tasks, config: Config, metrics: Metrics) -> None:
+    def __init__(self, registry: Registry, tasks: Tasks, config: Config, metrics: Metrics,
+                 events: EventLog | None = None) -> None:
+        self.events = events or EventLog()
         self.registry = registry
         self.metrics = metrics
         self.tasks = tasks
@@ -72,6 +75,7 @@ class Calls:
     async def _run(self, session: Session, record: CallRecord, method: str, params: JSONObject, name: str) -> None:
         session.running_calls += 1
         started = time.monotonic()
+        self.events.call_started(session, name, record.task_id, params)
         try:
             if method == Method.CALL_TOOL and session.env.call_extras is not None:  # a Harbor task's tests
                 params = {**params, **await session.env.call_extras(str(params.get("name")))}
@@ -82,11 +86,13 @@ class Calls:
                 raise self.registry.gone(session.id)
             record.result.set_result(result)
             self.metrics.call_finished(session.env.name, name, time.monotonic() - started, result)
+            self.events.call_finished(session, name, record.task_id, time.monotonic() - started, result)
             log.info("tool_called", tool=name, task_id=record.task_id, ok=result.get("ok"),
                      seconds=round(time.monotonic() - started, 3))
         except OrsboxError as exc:
             error = exc if session.state is not State.ENDED else self.registry.gone(session.id)
             record.result.set_exception(error)
+            self.events.call_failed(session, name, record.task_id, str(error.detail))
             log.warning("tool_call_failed", tool=name, task_id=record.task_id, error=error.detail)
         except asyncio.CancelledError:
             record.result.set_exception(self.registry.gone(session.id))

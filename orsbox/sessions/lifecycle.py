@@ -22,6 +22,7 @@ from ..config import Config
 from ..errors import OrsboxError, SetupFailed
 from ..metrics import Metrics
 from .binding import Binder
+from .events import EventLog
 from .forks import give_snapshot
 from .pool import Pool
 from .registry import Registry
@@ -33,7 +34,8 @@ log = structlog.get_logger()
 
 class Lifecycle:
     def __init__(self, backend: Backend, registry: Registry, tasks: Tasks, config: Config, metrics: Metrics,
-                 pool: Pool, binder: Binder) -> None:
+                 pool: Pool, binder: Binder, events: EventLog | None = None) -> None:
+        self.events = events or EventLog()
         self.backend = backend
         self.pool = pool
         self.binder = binder
@@ -83,6 +85,7 @@ class Lifecycle:
             session.state = State.READY
             session.touch()  # the idle clock starts when the session can be used
             log.info("session_ready", seconds=round(time.monotonic() - started, 3), pooled=binding is not None)
+            self.events.emit(session, "ready", seconds=round(time.monotonic() - started, 3))
             self.metrics.setup.labels(session.env.name).observe(time.monotonic() - started)
         finally:
             session.settled.set()
@@ -117,6 +120,7 @@ class Lifecycle:
             error = SetupFailed(f"{type(error).__name__}: {error.detail}")
         session.state, session.error = State.FAILED, error
         log.warning("session_setup_failed", error=error.detail)
+        self.events.emit(session, "setup_failed", error=str(error.detail)[:500])
         self.tasks.spawn(self._release(session), session)
 
     def adopted(self, session: Session) -> None:
@@ -125,6 +129,7 @@ class Lifecycle:
         session.channel.on_close(lambda: self._agent_gone(session))
         self._link_session_api(session, session.channel)
         self.registry.add(session)
+        self.events.emit(session, "adopted", env=session.env.name, age=round(time.monotonic() - session.created, 1))
 
     def _link_session_api(self, session: Session, channel: AgentChannel) -> str | None:
         """The environment's key for the sandbox API, if its policy gives it sandboxes (else None)."""
@@ -164,6 +169,7 @@ class Lifecycle:
         self.pool.refill_all()  # the room it leaves may be the pool's again
         log.info("session_ended", reason=reason, seconds=round(time.monotonic() - started, 3))
         self.metrics.session_ended(session.env.name, reason)
+        self.events.emit(session, "ended", reason=reason[:500])
 
     async def _release(self, session: Session) -> None:
         """Remove the session's sandbox, once its start (if one is still running) has finished."""

@@ -19,19 +19,20 @@ from ..auth.keyring import server_secret
 from ..backends.backend import Backend
 from ..catalog import Catalog, EnvironmentInfo
 from ..config import Config
-from ..errors import BadRequest, NotReady, SessionGone, ShuttingDown, TooManySessions
+from ..errors import BadRequest, ConfigError, NotFound, NotReady, SessionGone, ShuttingDown, TooManySessions
 from ..metrics import Metrics
 from ..policy import PolicySet
 from ..protocol import JSONObject, Secret
 from .adoption import Adoption
 from .binding import Binder
 from .calls import Calls, channel_of
+from .events import EventLog
 from .forks import take_snapshot
 from .lifecycle import Lifecycle
 from .pool import Pool
 from .reaper import Reaper
 from .registry import Registry
-from .secrets import secrets_for_session
+from .secrets import OperatorSecrets, resolve, secrets_for_session, unavailable
 from .session import CallRecord, Session, State
 from .tasks import Tasks
 
@@ -50,10 +51,12 @@ class SessionManager:
         self.config = config
         self.tasks = Tasks()
         self.registry = Registry(config)
+        self.events = EventLog(inputs=config.event_inputs)
+        self.operator_secrets = OperatorSecrets(config.secrets_path)  # a bad file stops start-up here
         self.pool = Pool(backend, self.registry, self.tasks, config, metrics)
         binder = Binder(server_secret(config.state_dir))
-        self.lifecycle = Lifecycle(backend, self.registry, self.tasks, config, metrics, self.pool, binder)
-        self.calls = Calls(self.registry, self.tasks, config, metrics)
+        self.lifecycle = Lifecycle(backend, self.registry, self.tasks, config, metrics, self.pool, binder, self.events)
+        self.calls = Calls(self.registry, self.tasks, config, metrics, self.events)
         self.reaper = Reaper(backend, self.registry, self.lifecycle, self.pool, config, metrics)
         metrics.watch_sessions(lambda: [(s.env.name, s.state.value) for s in self.registry.live.values()])
         self.adoption = Adoption(backend, catalog, self.registry, self.lifecycle, self.pool, binder, config, policies)
@@ -120,13 +123,26 @@ class SessionManager:
                 raise BadRequest(f"task_spec is {size} bytes of JSON; at most {self.config.max_task_spec_bytes}")
         task = task_spec if task_spec is not None else env.task(split or "", index or 0)
         env, task = env.for_task(task)  # a Harbor task: its own image and resources (400 past the policy's caps)
-        given = secrets_for_session(secrets or {}, env.policy, client_keys=client_keys)
+        given = self._secrets(env, principal, secrets_for_session(secrets or {}, env.policy, client_keys=client_keys))
         self._admit(sid, env, principal)
         session = Session(id=sid, env=env, task=dict(task), owner=principal.owner, key_quota=principal.quota)
         self.lifecycle.begin(session, given)
         log.info("session_created", session_id=sid, env=env.name, task_id=task.get("id"), key=principal.key_id)
         self.metrics.created.labels(env.name, "ors").inc()
+        self.events.created(session, kind="ors", key=principal.key_id)
         return session
+
+    def _secrets(self, env: EnvironmentInfo, principal: Principal, requested: dict[str, str]) -> dict[str, str]:
+        """The request's secrets over the key's over the operator's for `env`; the log names each one's source."""
+        try:
+            operator = self.operator_secrets.of(env.name)
+        except ConfigError as exc:
+            raise unavailable(env.name, exc) from None
+        given, sources = resolve(requested, dict(principal.secrets), operator)
+        if given:
+            log.info("secrets_resolved", **{f"from_{source}": sorted(n for n, s in sources.items() if s == source)[:64]
+                                            for source in set(sources.values())})
+        return given
 
     def create_sandbox(self, sid: str, principal: Principal, env: EnvironmentInfo, setup: JSONObject,
                        request: str) -> Session:
@@ -142,6 +158,7 @@ class SessionManager:
         self.lifecycle.begin(session, {})
         log.info("sandbox_created", session_id=sid, env=env.name, image=env.image.tags[0][:200], key=principal.key_id)
         self.metrics.created.labels(env.name, "sandbox").inc()
+        self.events.created(session, kind="sandbox", key=principal.key_id)
         return session
 
     async def fork(self, source: Session, principal: Principal, count: int, *,
@@ -211,6 +228,13 @@ class SessionManager:
         session = self.registry.owned(sid, owner)
         if session is not None:
             await self.lifecycle.end(session, "deleted by the client")
+
+    async def end_by_operator(self, sid: str, reason: str) -> None:
+        """End the live session `sid`, whoever owns it (the admin API); 404 if there is none."""
+        session = self.registry.live.get(sid)
+        if session is None:
+            raise NotFound(f"no live session {sid[:200]!r}")
+        await self.lifecycle.end(session, f"ended by the operator: {reason}" if reason else "ended by the operator")
 
     async def delete_sandbox(self, sid: str, owner: str) -> None:
         """End the openreward sandbox `sid` if it is live and `owner`'s (ORS sessions end by /delete only)."""

@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from orsbox.agent.layout import SOCKET_NAME
 from orsbox.agent.runtime.procfs import user_pids
@@ -31,6 +31,7 @@ from orsbox.backends.backend import (
     Sandbox,
     SandboxRef,
     SandboxSpec,
+    SandboxStats,
     parse_describe_output,
 )
 from orsbox.backends.channel import open_channel
@@ -67,6 +68,7 @@ class FakeSandbox:
     process: asyncio.subprocess.Process
     folder: Path
     created: float
+    log: IO[bytes]  # the agent's stderr, as a container's log
 
 
 class FakeBackend:
@@ -115,11 +117,12 @@ class FakeBackend:
                 raise SandboxError(self.fail_starts)
             folder = Path(tempfile.mkdtemp(prefix="obf-", dir="/tmp"))
             with AgentListener.open(folder) as listener:
+                agent_log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in remove())
                 process = await asyncio.create_subprocess_exec(
                     *self._agent("serve", spec.environment.entrypoint, spec.policy),
                     "--socket", str(folder / SOCKET_NAME), env=_agent_environment(), cwd="/",
-                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-                self.sandboxes[ref.id] = FakeSandbox(spec, process, folder, time.time())
+                    stdout=agent_log, stderr=agent_log)
+                self.sandboxes[ref.id] = FakeSandbox(spec, process, folder, time.time(), agent_log)
                 self.started += 1
                 return await self._connect(ref, listener, timeout, spec.policy)
         except BaseException:
@@ -148,6 +151,7 @@ class FakeBackend:
         if sandbox.process.returncode is None:
             sandbox.process.kill()
         await sandbox.process.wait()
+        sandbox.log.close()
         remove_folder(sandbox.folder.parent, sandbox.folder.name)
 
     def kill(self, session_id: str) -> None:
@@ -165,6 +169,31 @@ class FakeBackend:
                          policy_digest=s.spec.policy.digest(), image_id=s.spec.environment.image_id,
                          sandbox_request=s.spec.sandbox_request)
                 for ref_id, s in self.sandboxes.items()]
+
+    async def stats(self, ref: SandboxRef) -> SandboxStats:
+        """The agent process's own figures from /proc (no cgroup around it here: no limits)."""
+        pid = self._sandbox(ref).process.pid
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            rss_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+            threads = len(os.listdir(f"/proc/{pid}/task"))
+        except (OSError, IndexError, ValueError) as exc:
+            raise SandboxError(f"container stats: the sandbox's process is gone ({exc})") from None
+        ticks = os.sysconf("SC_CLK_TCK")
+        return SandboxStats(cpu_seconds=(int(fields[11]) + int(fields[12])) / ticks,
+                            memory_bytes=rss_pages * os.sysconf("SC_PAGE_SIZE"), memory_limit=None, memory_peak=None,
+                            pids=threads, pids_limit=None)
+
+    async def logs(self, ref: SandboxRef, *, tail: int, max_bytes: int) -> bytes:
+        sandbox = self._sandbox(ref)
+        data = os.pread(sandbox.log.fileno(), 1024 * 1024, 0)
+        return b"".join(data.splitlines(keepends=True)[-tail:])[-max_bytes:]
+
+    def _sandbox(self, ref: SandboxRef) -> FakeSandbox:
+        sandbox = self.sandboxes.get(ref.id)
+        if sandbox is None:
+            raise SandboxError(f"no such container: {ref.name}")
+        return sandbox
 
     async def remove_orphans(self, live_sessions: set[str]) -> None:
         return None  # its folders go with their sandboxes

@@ -69,6 +69,11 @@ class EchoEnvironment(Environment):
         """Whether a secret of that name reached the environment (never its value)."""
         return ToolOutput([TextBlock(str(name in self.secrets))])
 
+    @tool
+    def secret_is(self, name: str, value: str) -> ToolOutput:
+        """Whether the secret `name` reached the environment with this value (never the value itself)."""
+        return ToolOutput([TextBlock(str(self.secrets.get(name) == value))])
+
     @tool(exclusive=True)
     def answer(self, word: str) -> ToolOutput:
         """Submit the answer; ends the episode."""

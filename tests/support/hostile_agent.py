@@ -24,6 +24,11 @@ and, for an environment given the sandbox API (tunnel frames, see orsbox/agent/w
     tunnel_many    40 tunnels opened: answers the call with the numbers the server closed at once
     tunnel_http    one HTTP request through a tunnel, with the key setup gave it, for the call's
                    `path`, `sid` and `key` ("" means its own): answers the call with the status line
+
+and for workspace transfers:
+
+    workspace_endless  a workspace download that never ends (512 KiB chunks, never eof)
+    workspace_garbage  a workspace download opened without a handle; chunks that are not base64
 """
 
 from __future__ import annotations
@@ -112,6 +117,18 @@ def misbehave(conn: socket.socket, mode: str, request: dict[str, Any]) -> None:
         answer(conn, {"id": request_id, "error": "no structure"})
     elif mode == "no_id":
         answer(conn, {"result": {"ok": True}})
+    elif mode == "workspace_endless":
+        method = request["method"]
+        result: Any = {"handle": "h1", "chunk": 524288} if method == "workspace_pack" else {}
+        if method == "workspace_read":
+            result = {"data": base64.b64encode(b"x" * 524288).decode(), "eof": False}
+        answer(conn, {"id": request_id, "result": result})
+    elif mode == "workspace_garbage":
+        method = request["method"]
+        if method == "workspace_pack":
+            answer(conn, {"id": request_id, "result": {"handle": 5 if request["params"].get("file") else "h2"}})
+        else:
+            answer(conn, {"id": request_id, "result": {"data": "*** not base64 ***", "eof": False}})
     elif mode == "wrong_types":
         answer(conn, {"id": request_id, "result": 5 if request["method"] == "prompt" else [1, 2]})
 

@@ -14,3 +14,6 @@ NODE_ID = f"test-{RUN_ID}"
 #: The API key every test server accepts (ORSBOX_API_KEYS) and every test client sends.
 API_KEY = f"test-key-{uuid.uuid4().hex}"
 AUTH = {"X-API-Key": API_KEY}
+#: The operator key every test server accepts (ORSBOX_ADMIN_KEYS): the admin API and /metrics.
+ADMIN_KEY = f"test-admin-{uuid.uuid4().hex}"
+ADMIN = {"X-API-Key": ADMIN_KEY}

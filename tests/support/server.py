@@ -13,7 +13,7 @@ from typing import IO
 import aiohttp
 import httpx
 
-from .run import API_KEY, AUTH
+from .run import ADMIN_KEY, API_KEY, AUTH
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,7 +37,7 @@ class OrsboxProcess:
 
     def start(self, timeout: float = 60) -> OrsboxProcess:
         env = {**os.environ, "ORSBOX_STATE_DIR": str(self.state_dir), "ORSBOX_NODE_ID": self.node_id,
-               "ORSBOX_API_KEYS": API_KEY, "ORSBOX_PULL_IMAGES": "0"}
+               "ORSBOX_API_KEYS": API_KEY, "ORSBOX_ADMIN_KEYS": ADMIN_KEY, "ORSBOX_PULL_IMAGES": "0"}
         self._log = self.log_path.open("ab")
         command = [sys.executable, "-m", "orsbox.cli", "serve", "--port", str(self.port), *self.args]
         self.proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self._log)

@@ -14,7 +14,7 @@ from orsbox.config import Config
 
 from ..support.fake_backend import FakeBackend
 from ..support.ors import Ors
-from ..support.run import API_KEY
+from ..support.run import ADMIN_KEY, API_KEY
 
 DEFAULT_POLICY = 'idle_timeout = 900\n'
 
@@ -50,7 +50,7 @@ async def server(aiohttp_client: Any, state_dir: Path, policies: Path,
     async def start(**overrides: Any) -> Ors[TestClient[Any, Any]]:
         settings: dict[str, Any] = {"state_dir": state_dir, "node_id": "fake", "policies_dir": policies,
                                     "default_environment": "echo", "shutdown_timeout": 10, "api_keys": [API_KEY],
-                                    "image_patterns": ["fake/*"],
+                                    "admin_keys": [ADMIN_KEY], "image_patterns": ["fake/*"],
                                     **overrides}
         client = await aiohttp_client(create_app(Config(**settings), backend=backend))
         clients.append(client)

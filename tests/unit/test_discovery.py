@@ -21,7 +21,8 @@ async def test_service_routes(ors: Client) -> None:
 
 async def test_tools_splits_and_tasks(ors: Client) -> None:
     tools = await (await ors.http.get("/echo/tools")).json()
-    assert [tool["name"] for tool in tools["tools"]] == ["answer", "big", "echo", "fail", "secret", "sleep"]
+    names = [tool["name"] for tool in tools["tools"]]
+    assert names == ["answer", "big", "echo", "fail", "secret", "secret_is", "sleep"]
     echo = next(tool for tool in tools["tools"] if tool["name"] == "echo")
     assert echo["input_schema"]["required"] == ["text"] and echo["description"] == "Answer `text` unchanged."
     assert tools["terminal_tool"] is None and tools["supports_score_group"] is False

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -29,7 +30,8 @@ VIOLATIONS = {
 @pytest.fixture
 def backend() -> FakeBackend:
     hostile = {f"hostile-{mode.replace('_', '-')}": HOSTILE + mode for mode in [*VIOLATIONS, "wrong_types"]}
-    return FakeBackend({**ENVIRONMENTS, **hostile})
+    workspace = {"hostile-endless": HOSTILE + "workspace_endless", "hostile-wsgarbage": HOSTILE + "workspace_garbage"}
+    return FakeBackend({**ENVIRONMENTS, **hostile, **workspace})
 
 
 async def ended_reason(ors: Client, sid: str) -> str:
@@ -79,4 +81,33 @@ async def test_well_formed_but_wrong_answers_are_errors_not_crashes(ors: Client)
     assert prompt.status == 500 and "not a list of blocks" in (await prompt.json())["detail"]
     result = await ors.call(sid, "echo", {"text": "hi"}, env="hostile-wrong-types")
     assert result.events[-1] == ("error", "the sandbox's agent answered 'echo' with something that is not an object")
+    await ors.delete(sid)
+
+
+async def test_a_workspace_download_that_never_ends_is_cut_at_the_policys_size(server: Any, policies: Any) -> None:
+    (policies / "hostile-endless.toml").write_text('workspace_size = "1m"\n')
+    ors = await server()
+    sid = await ors.new_session("hostile-endless")
+    await ors.http.post("/ping", headers={"X-Session-ID": sid})
+    for query, most in (("?path=a&file=1", 1024**2), ("", 2 * 1024**2)):
+        received = 0
+        with pytest.raises(aiohttp.ClientPayloadError):  # cut: never a download that looks whole
+            async with ors.http.get(f"/workspace{query}", headers={"X-Session-ID": sid}) as answer:
+                assert answer.status == 200
+                async for chunk in answer.content.iter_chunked(65536):
+                    received += len(chunk)
+        assert received <= most
+    neighbour = await ors.new_session("echo")
+    assert (await ors.call(neighbour, "echo", {"text": "fine"}, env="echo")).text == "fine"
+    await ors.delete(neighbour)
+    await ors.delete(sid)
+
+
+async def test_malformed_workspace_answers_are_errors_not_data(server: Any) -> None:
+    ors = await server()
+    sid = await ors.new_session("hostile-wsgarbage")
+    no_handle = await ors.http.get("/workspace?path=a&file=1", headers={"X-Session-ID": sid})
+    assert no_handle.status == 500 and "handle" in (await no_handle.json())["detail"]
+    not_base64 = await ors.http.get("/workspace", headers={"X-Session-ID": sid})
+    assert not_base64.status == 500 and "base64" in (await not_base64.json())["detail"]
     await ors.delete(sid)

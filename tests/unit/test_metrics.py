@@ -8,10 +8,11 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..support.ors import Ors
+from ..support.run import ADMIN
 
 
 async def scrape(ors: Ors[Any]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    response = await ors.http.get("/metrics")
+    response = await ors.http.get("/metrics", headers=ADMIN)
     assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain")
     samples = {}
     for family in text_string_to_metric_families(await response.text()):
@@ -20,8 +21,17 @@ async def scrape(ors: Ors[Any]) -> dict[tuple[str, tuple[tuple[str, str], ...]],
     return samples
 
 
-async def test_metrics_need_a_key(ors: Ors[Any]) -> None:
+async def test_metrics_need_an_operator_key(ors: Ors[Any]) -> None:
     assert (await ors.http.get("/metrics", headers={"X-API-Key": ""})).status == 401
+    refused = await ors.http.get("/metrics")  # the client's key
+    assert refused.status == 403 and "operator key" in (await refused.json())["detail"]
+    bearer = await ors.http.get("/metrics", headers={"X-API-Key": "", "Authorization": f"Bearer {ADMIN['X-API-Key']}"})
+    assert bearer.status == 200  # as a Prometheus scrape config sends it
+
+
+async def test_without_authentication_metrics_are_open(server: Any) -> None:
+    ors = await server(auth=False)
+    assert (await ors.http.get("/metrics", headers={"X-API-Key": ""})).status == 200
 
 
 async def test_sessions_calls_and_ends_are_counted_with_bounded_labels(ors: Ors[Any]) -> None:

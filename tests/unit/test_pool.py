@@ -14,13 +14,14 @@ from orsbox.sessions.binding import Binder, Binding
 
 from ..support.fake_backend import FakeBackend
 from ..support.ors import Ors
+from ..support.run import ADMIN
 from .conftest import Server
 
 POOLED = 'pool_min = {min}\n'
 
 
 async def metric(ors: Ors[TestClient[Any, Any]], name: str, **labels: str) -> float:
-    response = await ors.http.get("/metrics")
+    response = await ors.http.get("/metrics", headers=ADMIN)
     assert response.status == 200
     total = 0.0
     for family in text_string_to_metric_families(await response.text()):

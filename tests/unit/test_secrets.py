@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import uuid
@@ -120,3 +121,91 @@ def test_domain_coverage(domain: str, host: str, expected: bool) -> None:
 
 def test_no_network_means_no_leak() -> None:
     assert leak_problem(Secret("v", ("api.example.com",)), SandboxPolicy()) is None
+
+
+# ---------------------------------------------------------------- precedence: request > key > operator's file
+
+
+def operator_file(folder: Path, env: str, text: str, mode: int = 0o600) -> Path:
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{env}.toml"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+async def test_request_over_key_over_the_operators_file(server: Any, tmp_path: Path) -> None:
+    from orsbox.auth import KeyFile, new_key
+
+    secrets_dir = tmp_path / "secrets"
+    operator_file(secrets_dir, "echo", 'A = "env-a"\nB = "env-b"\nC = "env-c"\n')
+    keys = KeyFile(tmp_path / "keys.json")
+    record, key = new_key("trainer", secrets={"B": "key-b", "C": "key-c"})
+    keys.add(record)
+    ors = await server(secrets_dir=secrets_dir, keys_file=keys.path)
+    sid = str(uuid.uuid4())
+    created = await ors.http.post("/create", json={"env_name": "echo", "split": "train", "index": 0},
+                                  headers={"X-Session-ID": sid, "X-API-Key": key,
+                                           "X-Secrets": header(C={"value": "req-c"})})
+    assert created.status == 200
+
+    async def value_is(name: str, value: str) -> bool:
+        answer = await ors.http.post("/echo/call", json={"name": "secret_is", "input": {"name": name, "value": value}},
+                                     headers={"X-Session-ID": sid, "X-API-Key": key})
+        return '"text":"True"' in (await answer.text())
+
+    assert await value_is("A", "env-a") and await value_is("B", "key-b") and await value_is("C", "req-c")
+    assert not await value_is("C", "key-c")
+    await ors.http.post("/delete", headers={"X-Session-ID": sid, "X-API-Key": key})
+    # a key without secrets of its own (ORSBOX_API_KEYS) gets the operator's only
+    plain, response = await create(ors, header())
+    assert response.status == 200
+    assert (await ors.call(plain, "secret_is", {"name": "B", "value": "env-b"}, env="echo")).text == "True"
+    # the file changed: the next session reads it again
+    operator_file(secrets_dir, "echo", 'B = "env-b2"\n')
+    again, _ = await create(ors, header())
+    assert (await ors.call(again, "secret_is", {"name": "B", "value": "env-b2"}, env="echo")).text == "True"
+    # made readable by others: refused, and the client is told without the file's path
+    (secrets_dir / "echo.toml").chmod(0o644)
+    _, response = await create(ors, header())
+    detail = (await response.json())["detail"]
+    assert response.status == 500 and "operator's secrets" in detail and str(secrets_dir) not in detail
+    for sid in (plain, again):
+        await ors.delete(sid)
+
+
+def test_an_unsafe_operator_file_is_refused_at_start(tmp_path: Path) -> None:
+    from orsbox.errors import ConfigError
+    from orsbox.sessions.secrets import OperatorSecrets
+
+    folder = tmp_path / "secrets"
+    operator_file(folder, "echo", 'A = "a"\n', mode=0o640)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        OperatorSecrets(folder)
+    (folder / "echo.toml").unlink()
+    (tmp_path / "real.toml").write_text('A = "a"\n')
+    (tmp_path / "real.toml").chmod(0o600)
+    (folder / "echo.toml").symlink_to(tmp_path / "real.toml")
+    with pytest.raises(ConfigError, match="symlink"):
+        OperatorSecrets(folder)
+    (folder / "echo.toml").unlink()
+    operator_file(folder, "echo", 'A = 3\n')
+    with pytest.raises(ConfigError, match="string value"):
+        OperatorSecrets(folder)
+
+
+def test_explain_and_keys_list_show_names_never_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from orsbox.auth import KeyFile, new_key
+    from orsbox.cli import keys_command, secrets_explained
+    from orsbox.config import Config
+
+    operator_file(tmp_path / "secrets", "echo", 'DB_PASSWORD = "hunter2-operator"\n')
+    keys = KeyFile(tmp_path / "keys.json")
+    keys.add(new_key("trainer", secrets={"HF_TOKEN": "hf-value-xyz"})[0])
+    text = secrets_explained(Config(state_dir=tmp_path, keys_file=keys.path), "echo")
+    assert "DB_PASSWORD" in text and "HF_TOKEN" in text and "precedence: X-Secrets" in text
+    assert "hunter2" not in text and "hf-value" not in text
+    # (not through main(), which would point the logs at this test's captured stderr)
+    assert keys_command(argparse.Namespace(keys_command="list", state_dir=None, keys_file=keys.path)) == 0
+    listed = capsys.readouterr().out
+    assert "secrets: HF_TOKEN" in listed and "hf-value" not in listed

@@ -29,6 +29,7 @@ from .forwarder import Forwarder
 from .processes import RUNNER
 from .procfs import kill_processes
 from .sandbox import Sandbox
+from .transfer import Transfers
 
 
 def load_environment_class(entrypoint: str) -> Type[Environment]:
@@ -135,6 +136,7 @@ class Agent:
         # `--entrypoint sandbox`: no Environment, the sandbox methods (runtime/sandbox.py)
         self.sandbox = Sandbox(RUNNER, enabled=entrypoint == wire.SANDBOX_ENTRYPOINT)
         self.forwarder = Forwarder()  # the sandbox API on a loopback port, when setup gives one
+        self.transfers = Transfers(RUNNER)  # /workspace in and out, in both modes
         self.handlers: Dict[str, Handler] = {
             Method.HELLO: self.hello,
             Method.SETUP: self.setup,
@@ -147,6 +149,7 @@ class Agent:
             Method.FORK_DONE: lambda params: self._answer(self.forks.done()),
             Method.FORK_GATHER: self.fork_gather,
             **self.sandbox.handlers(),
+            **self.transfers.handlers(),
         }
 
     def preload(self) -> None:
@@ -300,6 +303,7 @@ class Agent:
         finally:
             self.sandbox.close()
             self.forwarder.close()
+            self.transfers.close()
             kill_processes(RUNNER.limits.uid)  # the session's command user: its persistent shells too
         return {}
 

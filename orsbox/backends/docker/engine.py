@@ -66,6 +66,7 @@ from ..backend import (
     Sandbox,
     SandboxRef,
     SandboxSpec,
+    SandboxStats,
     parse_describe_output,
 )
 from ..channel import open_channel
@@ -393,6 +394,18 @@ class DockerBackend:
             remove_folder(self.sessions_dir, ref.name)
         self._folders_in_use.discard(ref.name)
 
+    async def stats(self, ref: SandboxRef) -> SandboxStats:
+        """The engine's one-shot stats of the container (its cgroup's counters, read now)."""
+        raw = await self._run("container stats", self.client.api.stats, ref.id or ref.name, stream=False,
+                              one_shot=True)
+        return parse_stats(raw if isinstance(raw, dict) else {})
+
+    async def logs(self, ref: SandboxRef, *, tail: int, max_bytes: int) -> bytes:
+        """The container's last `tail` lines of output (stdout and stderr), at most the last `max_bytes`."""
+        data = await self._run("container logs", self.client.api.logs, ref.id or ref.name, stdout=True,
+                               stderr=True, tail=tail, timestamps=False)
+        return bytes(data)[-max_bytes:]
+
     async def replace_allowlist(self, ref: SandboxRef, allow: tuple[str, ...]) -> None:
         await self.networks.replace_allowlist(ref.name, allow)  # the network is named like its container
 
@@ -554,6 +567,21 @@ def _leftover(container: dict[str, Any]) -> Leftover:
                     owner=label(LABEL_OWNER, 64), created=created, running=status == "running", status=status,
                     policy_digest=label(LABEL_POLICY_NAME, 64), image_id=str(container.get("ImageID", ""))[:80] or None,
                     sandbox_request=label(LABEL_SANDBOX, 16 * 1024))
+
+
+def parse_stats(raw: dict[str, Any]) -> SandboxStats:
+    """The figures of an engine's stats answer (cgroup v1 or v2), each None if missing or not a number."""
+    def number(*path: str) -> int | None:
+        value: Any = raw
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value if type(value) is int and value >= 0 else None
+
+    cpu = number("cpu_stats", "cpu_usage", "total_usage")
+    return SandboxStats(cpu_seconds=cpu / 1e9 if cpu is not None else None,
+                        memory_bytes=number("memory_stats", "usage"), memory_limit=number("memory_stats", "limit"),
+                        memory_peak=number("memory_stats", "max_usage"), pids=number("pids_stats", "current"),
+                        pids_limit=number("pids_stats", "limit"))
 
 
 def _wait(container: Any, timeout: float) -> int:
