@@ -487,7 +487,8 @@ def warm_pool_server(base_env: dict[str, str], node_id: str, logs: Path) -> Serv
         "orsbox-warm", [str(VENV_BIN / "orsbox"), "serve", "--host", LOOPBACK, "--port", str(port),
                         "--policies", str(policies)],
         {**base_env, "ORSBOX_STATE_DIR": str(WARM_STATE_DIR), "ORSBOX_NODE_ID": f"{node_id}-warm",
-         "ORSBOX_API_KEYS": API_KEY, "ORSBOX_ADMIN_KEYS": ADMIN_KEY, "ORSBOX_POOL_MEMORY": str(16 * 1024**3)}, port, logs / "orsbox-warm.log")
+         "ORSBOX_API_KEYS": API_KEY, "ORSBOX_ADMIN_KEYS": ADMIN_KEY, "ORSBOX_POOL_MEMORY": str(16 * 1024**3)},
+        port, logs / "orsbox-warm.log")
 
 
 # ---------------------------------------------------------------- docker baseline

@@ -172,7 +172,7 @@ class SessionManager:
         if not 1 <= count <= MAX_FORKS:
             raise BadRequest(f"count must be between 1 and {MAX_FORKS}, not {count}")
         env = source.env
-        given = secrets_for_session(secrets or {}, env.policy, client_keys=client_keys)
+        given = self._secrets(env, principal, secrets_for_session(secrets or {}, env.policy, client_keys=client_keys))
         self.registry.room_for(env, principal, count)
         started = time.monotonic()
         snapshot = await take_snapshot(channel_of(source), env.policy)
@@ -181,7 +181,10 @@ class SessionManager:
         for _ in range(count):
             sid = str(uuid.uuid4())
             self._admit(sid, env, principal)
-            self.lifecycle.begin(Session(id=sid, env=env, task={}, owner=principal.owner, fork=snapshot), given)
+            session = Session(id=sid, env=env, task=dict(snapshot.task), owner=principal.owner, fork=snapshot,
+                              key_quota=principal.quota)
+            self.lifecycle.begin(session, given)
+            self.events.created(session, kind="fork", key=principal.key_id)
             self.metrics.created.labels(env.name, "fork").inc()
             sids.append(sid)
         log.info("session_forked", session_id=source.id, env=env.name, copies=sids, bytes=snapshot.size,
