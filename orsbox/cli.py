@@ -173,20 +173,8 @@ def serve_command(args: argparse.Namespace) -> int:
         log.info("starting", host=config.host, port=config.port, version=__version__, node_id=config.node_id,
                  locks=[str(path) for path in lock.paths], open_files=open_files)
         web.run_app(create_app(config), host=config.host, port=config.port, print=None,
-                    shutdown_timeout=config.shutdown_timeout, access_log=None, loop=event_loop())
+                    shutdown_timeout=config.shutdown_timeout, access_log=None, loop=asyncio.new_event_loop())
     return 0
-
-
-def event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's loop where it is installed (and ORSBOX_UVLOOP is not 0), else asyncio's."""
-    if os.environ.get("ORSBOX_UVLOOP", "1") != "0":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
 
 
 def raise_open_file_limit() -> int:
@@ -292,8 +280,6 @@ def secrets_explained(config: Config, environment: str) -> str:
 
 def key_secrets(given: list[str]) -> dict[str, str]:
     """`--secret NAME=VALUE` or `--secret NAME` (the value of the variable NAME) as {name: value}."""
-    import os
-
     secrets = {}
     for item in given:
         name, sep, value = item.partition("=")
