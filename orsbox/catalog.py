@@ -82,15 +82,40 @@ class EnvironmentInfo:
         return tasks[slice(*slice(start, stop).indices(len(tasks))[:2])]
 
 
-class Catalog:
-    """The environments this server serves, by lower-case name."""
+@dataclass(frozen=True)
+class CatalogSource:
+    """Where a catalog's environments come from: the engine's images (and Harbor datasets), as ops allow."""
 
-    def __init__(self, environments: dict[str, EnvironmentInfo], default: str | None = None) -> None:
+    backend: Backend
+    policies: PolicySet
+    cache_dir: Path
+    only: list[str] | None = None
+    image_patterns: Sequence[str] = ("orsbox/*",)
+    label_policies: Collection[str] = ()
+    datasets: Mapping[str, Path] | None = None
+    base_map: Mapping[str, str] | None = None
+
+    async def images(self, *, quiet: bool = False) -> list[EnvironmentImage]:
+        """The newest admitted image of each environment name (one engine call)."""
+        images = await self.backend.list_environment_images()
+        return _newest_per_name([image for image in images if _admitted(image, self.image_patterns, quiet=quiet)])
+
+
+class Catalog:
+    """The environments this server serves, by lower-case name; `refresh()` reads them again (new images
+    appear, replaced ones are served from their new image, removed ones go; live sessions keep theirs)."""
+
+    def __init__(self, environments: dict[str, EnvironmentInfo], default: str | None = None,
+                 source: CatalogSource | None = None) -> None:
         self._environments = environments
         names = sorted(environments)
         if default is not None and default.lower() not in environments:
             raise EnvNotFound(f"default environment {default!r} is not among {names}")
-        self.default = default.lower() if default else (names[0] if names else None)
+        self._configured_default = default.lower() if default else None
+        self.default = self._configured_default or (names[0] if names else None)
+        self.source = source
+        self.seen: frozenset[tuple[str, str]] = frozenset()  # the images it was read from: (name, image id)
+        self._retired: set[str] = set()  # environments removed by a refresh
 
     @classmethod
     async def load(cls, backend: Backend, policies: PolicySet, cache_dir: Path,
@@ -100,38 +125,33 @@ class Catalog:
                    base_map: Mapping[str, str] | None = None) -> Catalog:
         """Find environment images (all, or those named in `only`) and read (or recall) their discovery data;
         and the Harbor `datasets` (name -> folder), whose tasks' images `base_map` was applied to."""
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        environments: dict[str, EnvironmentInfo] = {}
-        wanted = {name.strip().lower() for name in only} if only else None
-        images = [image for image in await backend.list_environment_images() if _admitted(image, image_patterns)]
-        for image in _newest_per_name(images):
-            if wanted is not None and image.name not in wanted:
-                continue
-            if image.policy_name is not None and image.policy_name not in label_policies:
-                log.error("environment_unavailable", env=image.name, image=image.tags[0],
-                          reason=f"its orsbox.policy label names {image.policy_name[:100]!r}, which images may not "
-                                 f"choose (allowed: {sorted(label_policies) or 'none'}; ORSBOX_LABEL_POLICIES)")
-                continue
-            policy = policies.resolve(image.name, image.policy_name)
-            try:
-                data = await _described(backend, image, policy, cache_dir)
-            except SandboxError as exc:  # one broken image must not keep the others from being served
-                log.error("environment_unavailable", env=image.name, image=image.tags[0], reason=exc.detail)
-                continue
-            environments[image.name] = EnvironmentInfo(image, policy, data["splits"], data["tools"], data["tasks"],
-                                                       data.get("listable", {}))
-            tasks = sum(map(len, data["tasks"].values()))
-            log.info("environment_found", env=image.name, image=image.tags[0], tasks=tasks)
-        from .harbor.serving import dataset_environment  # here: the Harbor kind imports EnvironmentInfo
+        source = CatalogSource(backend, policies, cache_dir, only, image_patterns, label_policies, datasets, base_map)
+        images = await source.images()
+        catalog = cls(await _environments(source, images), default, source)
+        catalog.seen = fingerprint(images)
+        return catalog
 
-        for name, folder in (datasets or {}).items():
-            if wanted is not None and name not in wanted:
-                continue
-            harbor = await dataset_environment(backend, name, folder, policies.resolve(name, None),
-                                               base_map or {}, image_patterns)
-            if harbor is not None:
-                environments[name] = harbor
-        return cls(environments, default)
+    async def changed(self) -> bool:
+        """Whether the engine's environment images differ from those the catalog was last read from."""
+        assert self.source is not None
+        return fingerprint(await self.source.images(quiet=True)) != self.seen
+
+    async def refresh(self) -> dict[str, list[str]]:
+        """Read the environments again; what was added, replaced (a new image) and removed."""
+        assert self.source is not None
+        images = await self.source.images()
+        fresh = await _environments(self.source, images)
+        self.seen = fingerprint(images)
+        old = self._environments
+        changes = {"added": sorted(set(fresh) - set(old)), "removed": sorted(set(old) - set(fresh)),
+                   "replaced": sorted(name for name in set(fresh) & set(old)
+                                      if fresh[name].image.image_id != old[name].image.image_id)}
+        self._environments = fresh
+        self._retired = (self._retired | set(changes["removed"])) - set(fresh)
+        names = sorted(fresh)
+        default = self._configured_default
+        self.default = default if default in fresh else (names[0] if names else None)
+        return changes
 
     def names(self) -> list[str]:
         """Environment names, the default first (the reference lists its first environment first)."""
@@ -141,7 +161,9 @@ class Catalog:
         return [self._environments[name] for name in self.names()]
 
     def is_environment(self, name: str) -> bool:
-        return name.lower() in self._environments
+        """A name paths may start with: an environment served, or one removed while serving (its live
+        sessions' calls still go to `/{name}/…`)."""
+        return name.lower() in self._environments or name.lower() in self._retired
 
     def get(self, name: str) -> EnvironmentInfo:
         try:
@@ -150,14 +172,56 @@ class Catalog:
             raise EnvNotFound(f"unknown environment {name!r}") from None
 
 
-def _admitted(image: EnvironmentImage, patterns: Sequence[str]) -> bool:
+def fingerprint(images: list[EnvironmentImage]) -> frozenset[tuple[str, str]]:
+    return frozenset((image.name, image.image_id) for image in images)
+
+
+async def _environments(source: CatalogSource, images: list[EnvironmentImage]) -> dict[str, EnvironmentInfo]:
+    """Every environment `source` gives: `images`' discovery data (described once per image id), and the
+    Harbor datasets."""
+    source.cache_dir.mkdir(parents=True, exist_ok=True)
+    environments: dict[str, EnvironmentInfo] = {}
+    wanted = {name.strip().lower() for name in source.only} if source.only else None
+    for image in images:
+        if wanted is not None and image.name not in wanted:
+            continue
+        if image.policy_name is not None and image.policy_name not in source.label_policies:
+            log.error("environment_unavailable", env=image.name, image=image.tags[0],
+                      reason=f"its orsbox.policy label names {image.policy_name[:100]!r}, which images may not "
+                             f"choose (allowed: {sorted(source.label_policies) or 'none'}; ORSBOX_LABEL_POLICIES)")
+            continue
+        policy = source.policies.resolve(image.name, image.policy_name)
+        try:
+            data = await _described(source.backend, image, policy, source.cache_dir)
+        except SandboxError as exc:  # one broken image must not keep the others from being served
+            log.error("environment_unavailable", env=image.name, image=image.tags[0], reason=exc.detail)
+            continue
+        environments[image.name] = EnvironmentInfo(image, policy, data["splits"], data["tools"], data["tasks"],
+                                                   data.get("listable", {}))
+        tasks = sum(map(len, data["tasks"].values()))
+        log.info("environment_found", env=image.name, image=image.tags[0], tasks=tasks)
+    from .harbor.serving import dataset_environment  # here: the Harbor kind imports EnvironmentInfo
+
+    for name, folder in (source.datasets or {}).items():
+        if wanted is not None and name not in wanted:
+            continue
+        harbor = await dataset_environment(source.backend, name, folder, source.policies.resolve(name, None),
+                                           source.base_map or {}, source.image_patterns)
+        if harbor is not None:
+            environments[name] = harbor
+    return environments
+
+
+def _admitted(image: EnvironmentImage, patterns: Sequence[str], *, quiet: bool = False) -> bool:
     """Whether a tag of `image` matches a pattern (a glob on `repository:tag`, or on the repository alone)."""
     for tag in image.tags:
         repository = tag.rsplit(":", 1)[0] if ":" in tag.rsplit("/", 1)[-1] else tag
         if any(fnmatch.fnmatchcase(tag, p) or fnmatch.fnmatchcase(repository, p) for p in patterns):
             return True
-    log.info("environment_image_ignored", env=image.name, image=image.tags[0] if image.tags else image.image_id[:19],
-             reason=f"no tag matches the image patterns {list(patterns)} (ORSBOX_IMAGE_PATTERNS)")
+    if not quiet:
+            log.info("environment_image_ignored", env=image.name,
+                 image=image.tags[0] if image.tags else image.image_id[:19],
+                 reason=f"no tag matches the image patterns {list(patterns)} (ORSBOX_IMAGE_PATTERNS)")
     return False
 
 

@@ -44,6 +44,8 @@ class Config(BaseModel):
     node_id: str = Field("local", description="written into every container's orsbox.node label")
     ready_wait: float = Field(25.0, gt=0, description="s a gated request waits for setup before 503")
     reap_interval: float = Field(5.0, gt=0, description="s between idle/lifetime sweeps")
+    catalog_interval: float = Field(10.0, gt=0, description="s between checks of the engine's environment images "
+                                    "(a change is served without a restart; SIGHUP reads them at once)")
     result_linger: float = Field(60.0, ge=0, description="s a finished call's result is kept for reconnects")
     sse_write_timeout: float = Field(30.0, gt=0, description="s an SSE write may wait on a client that reads nothing")
     keepalive: float = Field(10.0, gt=0, description="s between SSE keepalive comments")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +20,8 @@ from orsbox.config import Config
 from orsbox.images import build_images
 
 from .support.ors import Ors
-from .support.run import ROOT
+from .support.run import NODE_ID, ROOT
+from .support.server import OrsboxProcess
 
 pytestmark = pytest.mark.docker
 
@@ -99,3 +103,39 @@ async def test_an_image_from_elsewhere_is_not_served_until_ops_allow_it(aiohttp_
         await client.close()
     finally:
         engine.images.remove("thirdparty/cachetest:latest", force=True)
+
+
+async def test_sighup_serves_an_image_built_meanwhile_and_drops_a_removed_one(
+        engine: docker.DockerClient, images: None, state_dir: Path, tmp_path: Path) -> None:
+    # Checks of the images an hour apart: only SIGHUP reads them again within the test.
+    server = OrsboxProcess(state_dir=state_dir, node_id=NODE_ID, log_path=tmp_path / "server.log",
+                           env={"ORSBOX_CATALOG_INTERVAL": "3600"}).start()
+    tag = "orsbox/hupcopy:test"
+    try:
+        async with server.client() as http:
+            assert "hupcopy" not in await (await http.get("/list_environments")).json()
+            dockerfile = b'FROM orsbox/bash:latest\nLABEL orsbox.environment="hupcopy"\n'
+            engine.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True, network_mode="none")
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(60):
+                while "hupcopy" not in await (await http.get("/list_environments")).json():
+                    await asyncio.sleep(0.1)
+            sid = "hup-" + tmp_path.name[-8:]
+            created = await http.post("/create", json={"env_name": "hupcopy", "split": "train", "index": 0},
+                                      headers={"X-Session-ID": sid})
+            assert created.status == 200
+            answer = await http.post("/hupcopy/call", json={"name": "bash", "input": {"command": "echo hup"}},
+                                     headers={"X-Session-ID": sid})
+            assert answer.status == 200 and "hup" in await answer.text()
+            assert (await http.post("/delete", headers={"X-Session-ID": sid})).status == 200
+            engine.images.remove(tag, force=True)
+            server.proc.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(60):
+                while "hupcopy" in await (await http.get("/list_environments")).json():
+                    await asyncio.sleep(0.1)
+        assert '"catalog_refreshed"' in server.log() and '"SIGHUP"' in server.log()
+    finally:
+        server.stop()
+        for image in engine.images.list(name="orsbox/hupcopy"):
+            engine.images.remove(image.id, force=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 from collections.abc import AsyncIterator
 
 import structlog
@@ -92,7 +95,12 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         await session_api.start()
         manager.lifecycle.session_api = session_api.link
         await manager.start(ENGINE_WATCH_INTERVAL)  # labels are the state: serve again or remove what was left
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not in the main thread
+            loop.add_signal_handler(signal.SIGHUP, manager.refresh_catalog_soon, "SIGHUP")
         yield
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGHUP)
         await manager.close(timeout=config.shutdown_timeout)
         await session_api.close()
 

@@ -61,6 +61,7 @@ class SessionManager:
         metrics.watch_sessions(lambda: [(s.env.name, s.state.value) for s in self.registry.live.values()])
         self.adoption = Adoption(backend, catalog, self.registry, self.lifecycle, self.pool, binder, config, policies)
         self._background: list[asyncio.Task[None]] = []
+        self._refreshing = asyncio.Lock()
 
     # -- the manager's own lifecycle ---------------------------------------------
 
@@ -71,7 +72,41 @@ class SessionManager:
         await self.adoption.adopt_or_sweep()
         self.pool.refill_all()
         self._background = [asyncio.create_task(self.reaper.run()),
-                            asyncio.create_task(self.reaper.watch_engine(engine_watch_interval))]
+                            asyncio.create_task(self.reaper.watch_engine(engine_watch_interval)),
+                            asyncio.create_task(self._watch_catalog(self.config.catalog_interval))]
+
+    # -- the catalog, read again while serving ---------------------------------------
+
+    async def refresh_catalog(self, reason: str) -> dict[str, list[str]]:
+        """Read the environments again (new images served, replaced ones from their new image, removed ones
+        gone; live sessions keep what they run), and resize the pools to match."""
+        async with self._refreshing:
+            changes = await self.catalog.refresh()
+            self.pool.reconfigure(self.catalog.environments())
+        log.info("catalog_refreshed", reason=reason, **changes)
+        return changes
+
+    def refresh_catalog_soon(self, reason: str) -> None:
+        """`refresh_catalog` in the background (SIGHUP); a failure is logged."""
+        self.tasks.spawn(self._refresh_logged(reason))
+
+    async def _refresh_logged(self, reason: str) -> None:
+        try:
+            await self.refresh_catalog(reason)
+        except Exception as exc:  # a broken engine or dataset must not take the server down
+            log.warning("catalog_refresh_failed", reason=reason, error=f"{type(exc).__name__}: {str(exc)[:300]}")
+
+    async def _watch_catalog(self, interval: float) -> None:
+        """Every `interval` s, one engine call: when the environment images changed, read the catalog again."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                changed = self.engine_up and await self.catalog.changed()
+            except Exception as exc:
+                log.warning("catalog_check_failed", error=f"{type(exc).__name__}: {str(exc)[:300]}")
+                continue
+            if changed:
+                await self._refresh_logged("the engine's environment images changed")
 
     @property
     def engine_up(self) -> bool:

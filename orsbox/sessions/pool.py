@@ -83,6 +83,19 @@ class Pool:
             if env.policy.pool_limit > 0 and env.name not in self._pools and env.per_task is None:
                 self._pools[env.name] = EnvironmentPool(env, target=env.policy.pool_min)
 
+    def reconfigure(self, environments: Iterable[EnvironmentInfo]) -> None:
+        """The catalog was read again: an environment gone, on a new image or under another policy loses its
+        pool (waiting containers removed); new pooled environments get one; all refill."""
+        fresh = {env.name: env for env in environments}
+        for name, pool in list(self._pools.items()):
+            env = fresh.get(name)
+            if env is None or env.image.image_id != pool.env.image.image_id or env.policy != pool.env.policy:
+                del self._pools[name]
+                while pool.ready:
+                    self._discard(pool.ready.popleft(), "its environment changed")
+        self.configure(fresh.values())
+        self.refill_all()
+
     # -- taking ---------------------------------------------------------------------
 
     def take(self, env: EnvironmentInfo) -> Sandbox | None:
@@ -164,8 +177,8 @@ class Pool:
         finally:
             pool.starting.discard(slot)
         pool.failures = 0
-        if self.closing:
-            await self.backend.remove(sandbox.ref)
+        if self.closing or self._pools.get(env.name) is not pool:  # shutting down, or its environment changed
+            await self._remove(sandbox)
             return
         self._add(pool, Warm(slot, sandbox, time.monotonic()))
         log.info("pool_container_ready", ready=len(pool.ready))

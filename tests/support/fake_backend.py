@@ -88,10 +88,12 @@ class FakeBackend:
         self.engine_up = True
         self.started = 0
         self.sandboxes: dict[str, FakeSandbox] = {}
+        self.image_versions: dict[str, str] = {}  # environment -> a suffix of its image id (a rebuilt image)
         self._ids = itertools.count(1)
 
     async def list_environment_images(self) -> list[EnvironmentImage]:
-        return [EnvironmentImage(name=name, image_id=f"fake:{name}", entrypoint=entrypoint,
+        return [EnvironmentImage(name=name, image_id=f"fake:{name}{self.image_versions.get(name, '')}",
+                                 entrypoint=entrypoint,
                                  policy_name=self.policy_labels.get(name),
                                  tags=(f"fake/{name}:latest",), created="0")
                 for name, entrypoint in self.environments.items()]

@@ -28,8 +28,9 @@ class OrsboxProcess:
     """`python -m orsbox.cli serve` on a free loopback port, logging to a file."""
 
     def __init__(self, *, state_dir: Path, node_id: str, log_path: Path, args: tuple[str, ...] = (),
-                 port: int | None = None) -> None:
+                 port: int | None = None, env: dict[str, str] | None = None) -> None:
         self.state_dir, self.node_id, self.log_path, self.args = state_dir, node_id, log_path, args
+        self.env = env or {}
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -37,7 +38,7 @@ class OrsboxProcess:
 
     def start(self, timeout: float = 60) -> OrsboxProcess:
         env = {**os.environ, "ORSBOX_STATE_DIR": str(self.state_dir), "ORSBOX_NODE_ID": self.node_id,
-               "ORSBOX_API_KEYS": API_KEY, "ORSBOX_ADMIN_KEYS": ADMIN_KEY, "ORSBOX_PULL_IMAGES": "0"}
+               "ORSBOX_API_KEYS": API_KEY, "ORSBOX_ADMIN_KEYS": ADMIN_KEY, "ORSBOX_PULL_IMAGES": "0", **self.env}
         self._log = self.log_path.open("ab")
         command = [sys.executable, "-m", "orsbox.cli", "serve", "--port", str(self.port), *self.args]
         self.proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self._log)
