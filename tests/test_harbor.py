@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -228,18 +230,22 @@ async def test_over_cap_resources_and_a_slow_verifier(aiohttp_client: Any, harbo
     assert "Traceback: boom" in crashed.metadata["verifier"]["output_tail"]
 
 
-def test_orsbox_build_and_envs_handle_datasets(tmp_path: Path, state_dir: Path, example_images: None,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
-    from orsbox.cli import main
+def orsbox_command(*args: str) -> str:
+    """`orsbox ARGS` in a process of its own (the CLI configures logging for its process); its stdout."""
+    done = subprocess.run([sys.executable, "-m", "orsbox.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
 
+
+def test_orsbox_build_and_envs_handle_datasets(tmp_path: Path, state_dir: Path, example_images: None) -> None:
     config = tmp_path / "orsbox.toml"
     config.write_text(f'harbor_datasets = ["{DATASET}={EXAMPLE}"]\nharbor_base_map = {BASE_MAP!r}\n'
                       .replace("'", '"'))
-    assert main(["build", "--config", str(config), DATASET]) == 0
-    built = capsys.readouterr().out
+    built = orsbox_command("build", "--config", str(config), DATASET)
     assert f"dataset {DATASET} ({EXAMPLE}): {len(TASKS)} task image(s): 0 built, {len(TASKS)} current" in built
-    assert main(["envs", "--config", str(config), "--state-dir", str(state_dir)]) == 0
-    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(DATASET)]
+    envs = orsbox_command("envs", "--config", str(config), "--state-dir", str(state_dir))
+    listed = [line for line in envs.splitlines() if line.startswith(DATASET)]
     assert listed and f"tasks (test: {len(TASKS)})" in listed[0] and "submit" in listed[0]
     assert listed[0].endswith(f"({len(TASKS)} of {len(TASKS)} tasks can start)")
 
