@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ COMPOSE_FILE = ROOT / "deploy" / "compose.yaml"
 NODE = f"deploy-{RUN_ID}"
 PROJECT = f"orsboxdeploy{RUN_ID}"
 IMAGE = f"orsbox-server:test-{RUN_ID}"
+ADMIN_KEY = f"deploy-admin-{uuid.uuid4().hex}"  # through ORSBOX_ADMIN_KEYS, which compose passes on
 STARTUP_TIMEOUT = 120.0
 
 
@@ -71,7 +73,8 @@ def deployment(engine: docker.DockerClient) -> Iterator[Deployment]:
     port = free_port()
     env = {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT, "ORSBOX_SERVER_IMAGE": IMAGE,
            "ORSBOX_BASE_IMAGE": base.tag, "ORSBOX_NODE_ID": NODE, "ORSBOX_PORT": str(port),
-           "ORSBOX_STATE_DIR": str(root / "state"), "ORSBOX_CONFIG_DIR": str(root / "etc")}
+           "ORSBOX_STATE_DIR": str(root / "state"), "ORSBOX_CONFIG_DIR": str(root / "etc"),
+           "ORSBOX_ADMIN_KEYS": ADMIN_KEY}
     started = Deployment(f"http://127.0.0.1:{port}", "", env)
     try:
         started.compose("build")
@@ -122,6 +125,8 @@ async def test_an_episode_runs_through_the_deployed_server(deployment: Deploymen
         assert step.output["metadata"]["exit_code"] == 0, step.text
         sessions = engine.containers.list(filters={"label": [f"orsbox.node={NODE}", f"orsbox.session={sid}"]})
         assert len(sessions) == 1  # started by the orsbox in the container, on the host's engine
+        listed = deployment.compose("exec", "-T", "-e", f"ORSBOX_ADMIN_KEY={ADMIN_KEY}", "orsbox", "orsbox", "ps")
+        assert sid in listed.stdout and "bash" in listed.stdout, listed.stdout
         graded = await ors.call(sid, "submit")
         assert graded.output["reward"] == 1.0 and graded.output["finished"] is True, graded.text
         await ors.delete(sid)
