@@ -28,10 +28,8 @@ from .support.ors import Ors
 from .support.run import ROOT, RUN_ID
 from .support.server import free_port
 
-pytestmark = [
-    pytest.mark.docker,
-    pytest.mark.skipif(shutil.which("docker-compose") is None, reason="no docker-compose on this machine"),
-]
+pytestmark = [pytest.mark.docker,  # on one line: tests/support/fast_tier.py then does not import the module
+              pytest.mark.skipif(shutil.which("docker-compose") is None, reason="no docker-compose on this machine")]
 
 COMPOSE_FILE = ROOT / "deploy" / "compose.yaml"
 NODE = f"deploy-{RUN_ID}"
