@@ -28,7 +28,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..agent import wire
-from ..api.exchange import Exchange
+from ..api import routes as ors_routes
 from ..api.keys import BACKEND, CATALOG, CONFIG, METRICS, POLICIES, PRINCIPAL, SESSIONS
 from ..api.middleware import errors_to_http, request_context
 from ..api.openapi import Api
@@ -45,19 +45,10 @@ log = structlog.get_logger()
 MAX_UNWRITTEN = 32 * 1024 * 1024  # bytes of a session's tunnels not yet taken by the server: past this one is cut
 MAX_DATA_CHARS = (wire.TUNNEL_PIECE + 2) // 3 * 4  # base64 of one piece
 
-session_routes = Api()  # what the sandbox client calls besides the sandbox API's own routes
-
-
-@session_routes.post("/ping", answer=StatusAnswer, session=True, errors=(404, 410))
-async def ping(x: Exchange[None]) -> StatusAnswer:
-    x.app[SESSIONS].get(x.sid, x.owner)
-    return StatusAnswer(status="ok")
-
-
-@session_routes.post("/delete_session", answer=SidAnswer, session=True)
-async def delete_session(x: Exchange[None]) -> SidAnswer:
-    await x.app[SESSIONS].delete_sandbox(x.sid, x.owner)
-    return SidAnswer(sid=x.sid)
+# What the sandbox client calls besides the sandbox API's own routes: the main app's handlers, as they are.
+session_routes = Api()
+session_routes.post("/ping", answer=StatusAnswer, session=True, errors=(404, 410))(ors_routes.ping)
+session_routes.post("/delete_session", answer=SidAnswer, session=True)(ors_routes.delete_session)
 
 
 @dataclass
