@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from ..errors import HarborTaskError
+from .taskconfig import read_small_file
 
 COMPOSE_FILES = ("docker-compose.yaml", "docker-compose.yml")
 MAX_COMPOSE_BYTES = 256 * 1024
@@ -50,11 +51,7 @@ def read_compose(path: Path) -> tuple[Service, ...]:
     """The sidecars of the compose file at `path`; HarborTaskError naming the file and the key if it has
     anything orsbox cannot run."""
     try:
-        if path.stat().st_size > MAX_COMPOSE_BYTES:
-            raise HarborTaskError(f"{path}: larger than {MAX_COMPOSE_BYTES} bytes")
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise HarborTaskError(f"{path}: {exc.strerror}") from None
+        data = yaml.safe_load(read_small_file(path, MAX_COMPOSE_BYTES))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise HarborTaskError(f"{path}: not valid YAML: {str(exc)[:300]}") from None
     services = data.get("services") if isinstance(data, dict) else None

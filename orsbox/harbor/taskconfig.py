@@ -100,14 +100,21 @@ def size_mb(text: str) -> int:
         raise ValueError(f"{text!r} is not a size like 2G or 512M") from None
 
 
+def read_small_file(path: Path, limit: int) -> str:
+    """A task's file as text (UnicodeDecodeError if it is not UTF-8); HarborTaskError if it cannot be read or
+    is larger than `limit` bytes."""
+    try:
+        if path.stat().st_size > limit:
+            raise HarborTaskError(f"{path}: larger than {limit} bytes")
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise HarborTaskError(f"{path}: {exc.strerror}") from None
+
+
 def read_task_config(path: Path) -> TaskConfig:
     """`path` (a task.toml) as a TaskConfig; HarborTaskError naming the file and the field if it is not one."""
     try:
-        if path.stat().st_size > MAX_TASK_TOML_BYTES:
-            raise HarborTaskError(f"{path}: larger than {MAX_TASK_TOML_BYTES} bytes")
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise HarborTaskError(f"{path}: {exc.strerror}") from None
+        data = tomllib.loads(read_small_file(path, MAX_TASK_TOML_BYTES))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise HarborTaskError(f"{path}: not valid TOML: {exc}") from None
     try:
