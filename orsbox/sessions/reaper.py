@@ -68,10 +68,10 @@ class Reaper:
         live = self.registry.live  # read after the listing: a sandbox started meanwhile is owned, not an orphan
         owned = {session.sandbox.ref.id for session in live.values() if session.sandbox is not None}
         owned |= self.pool.sandbox_ids() | self.lifecycle.ending  # pooled, or being removed by their session's end
+        pool_slots = self.pool.slots()
         for leftover in leftovers:
             sid = leftover.session_id
-            starting = sid is not None and ((sid in live and live[sid].state is State.STARTING)
-                                            or sid in self.pool.slots())
+            starting = sid is not None and ((sid in live and live[sid].state is State.STARTING) or sid in pool_slots)
             if leftover.ref.id in owned or starting or (leftover.role == "sidecar" and sid in live):
                 continue
             log.warning("orphan_container_removed", container=leftover.ref.name, session_id=sid)
