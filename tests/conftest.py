@@ -24,6 +24,7 @@ from orsbox.config import Config
 from .support.managed import dangling_firewall_rules, managed_containers, managed_networks
 from .support.ors import Ors
 from .support.run import ADMIN_KEY, API_KEY, AUTH, NODE_ID, ROOT
+from .support.server import OrsboxProcess
 
 
 @pytest.fixture(scope="session")
@@ -103,3 +104,20 @@ async def ors(aiohttp_client: Any, config: Config, engine: docker.DockerClient) 
     yield Ors(client)
     await client.close()
 
+
+
+@pytest.fixture
+def server_factory(state_dir: Path, images: None, engine: docker.DockerClient,
+                   tmp_path: Path) -> Iterator[Any]:
+    """`orsbox serve ARGS` as processes of their own (each logging to a file of its own); all stopped after."""
+    started: list[OrsboxProcess] = []
+
+    def make(*args: str) -> OrsboxProcess:
+        server = OrsboxProcess(state_dir=state_dir, node_id=NODE_ID, log_path=tmp_path / f"server{len(started)}.log",
+                               args=args)
+        started.append(server)
+        return server.start()
+
+    yield make
+    for server in started:
+        server.stop()

@@ -8,7 +8,6 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +21,9 @@ from orsbox.config import Config
 from .support.engine import stop_engine, why_not_restartable
 from .support.managed import managed_containers, session_containers
 from .support.ors import Ors, parse_sse
-from .support.run import NODE_ID, ROOT
-from .support.server import OrsboxProcess
+from .support.run import ROOT
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def server_factory(state_dir: Path, images: None, engine: docker.DockerClient,
-                   tmp_path: Path) -> Iterator[Any]:
-    started: list[OrsboxProcess] = []
-
-    def make(*args: str) -> OrsboxProcess:
-        server = OrsboxProcess(state_dir=state_dir, node_id=NODE_ID, log_path=tmp_path / "server.log", args=args)
-        started.append(server)
-        return server.start()
-
-    yield make
-    for server in started:
-        server.stop()
 
 
 async def create(http: aiohttp.ClientSession, sid: str, **body: Any) -> aiohttp.ClientResponse:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,7 @@ from orsbox.config import Config
 
 from .support.managed import managed_containers, session_containers
 from .support.ors import Ors
-from .support.run import NODE_ID, ROOT
-from .support.server import OrsboxProcess
+from .support.run import ROOT
 
 pytestmark = pytest.mark.docker
 
@@ -76,21 +74,6 @@ def _serves(container: Any, engine: docker.DockerClient, sid: str) -> bool:
     container.reload()
     probe = container.exec_run(["cat", "/workspace/left.txt"], user="root")
     return probe.exit_code == 0 and b"secret" in probe.output
-
-
-@pytest.fixture
-def server_factory(state_dir: Path, images: None, tmp_path: Path) -> Iterator[Any]:
-    started: list[OrsboxProcess] = []
-
-    def make(*args: str) -> OrsboxProcess:
-        server = OrsboxProcess(state_dir=state_dir, node_id=NODE_ID, log_path=tmp_path / f"server{len(started)}.log",
-                               args=args)
-        started.append(server)
-        return server.start()
-
-    yield make
-    for server in started:
-        server.stop()
 
 
 async def bash(http: aiohttp.ClientSession, sid: str, command: str) -> str:

@@ -7,8 +7,7 @@ import asyncio
 import signal
 import subprocess
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -76,21 +75,11 @@ async def test_shutdown_removes_every_network_and_rule(
 
 
 @pytest.fixture
-def server_factory(state_dir: Path, images: None, tmp_path: Path,
-                   policies: Callable[..., Config], web_server: NetServer) -> Iterator[Callable[..., OrsboxProcess]]:
+def server_factory(server_factory: Callable[..., OrsboxProcess], policies: Callable[..., Config],
+                   web_server: NetServer) -> Callable[..., OrsboxProcess]:
     """orsbox as a process of its own, its bash environment on an allowlist naming `web_server`."""
     folder = policies(bash=f'network = "allowlist"\nallow = ["{web_server.ip}:80"]\n').policies_dir
-    started: list[OrsboxProcess] = []
-
-    def make(*args: str) -> OrsboxProcess:
-        server = OrsboxProcess(state_dir=state_dir, node_id=NODE_ID, log_path=tmp_path / "server.log",
-                               args=("--policies", str(folder), *args))
-        started.append(server)
-        return server.start()
-
-    yield make
-    for server in started:
-        server.stop()
+    return lambda *args: server_factory("--policies", str(folder), *args)
 
 
 async def fetch_through_the_proxy(http: aiohttp.ClientSession, sid: str, url: str) -> Any:

@@ -3,7 +3,6 @@ change (checked every `catalog_interval` s). Live sessions keep what they run; p
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,23 +12,13 @@ from aiohttp.test_utils import TestClient
 
 from ..support.fake_backend import ENVIRONMENTS, FakeBackend
 from ..support.ors import Ors
+from ..support.waiting import until
 from .conftest import Server
 
 
 @pytest.fixture
 def backend() -> FakeBackend:
     return FakeBackend(dict(ENVIRONMENTS))  # its own table: the tests add and remove environments
-
-
-async def until(check: Callable[[], Any], timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.05)
 
 
 async def served(ors: Ors[TestClient[Any, Any]]) -> list[str]:

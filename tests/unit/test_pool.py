@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from orsbox.sessions.binding import Binder, Binding
 from ..support.fake_backend import FakeBackend
 from ..support.ors import Ors
 from ..support.run import ADMIN
+from ..support.waiting import until
 from .conftest import Server
 
 POOLED = 'pool_min = {min}\n'
@@ -29,18 +29,6 @@ async def metric(ors: Ors[TestClient[Any, Any]], name: str, **labels: str) -> fl
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
-
-
-async def until(check: Callable[[], Any], timeout: float = 20.0) -> None:
-    """Wait for `check()` (sync or async) to be true."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.05)
 
 
 def pooled(backend: FakeBackend) -> set[str]:
